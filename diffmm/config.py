@@ -1,0 +1,221 @@
+"""Configs are data: dataclasses validated on construction, serialisable, with paper presets.
+
+``TrainConfig`` drives the :class:`~diffmm.train.Trainer`; each model has its own config.
+``RunConfig`` bundles the two plus the model name, and is what the CLI writes to a run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class ConfigBase:
+    """Shared (de)serialisation and validation for config dataclasses."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:  # overridden where there is something to check
+        pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes):
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _positive(config, *names):
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be > 0, got {getattr(config, name)}")
+
+
+@dataclass
+class TrainConfig(ConfigBase):
+    epochs: int = 100  # maximum number of epochs
+    batch_size: int = 2048  # BPR triples per step
+    lr: float = 1e-3  # Adam learning rate (recommender; DiffMM's denoisers use the same)
+    eval_every: int = 1  # validate every N epochs
+    patience: int = 10  # stop after this many validations without improvement (0 = never stop early)
+    metric: str = "recall@20"  # validation metric that selects the best epoch
+    ks: tuple[int, ...] = (10, 20, 50)  # cut-offs for Recall/NDCG/Precision/Hit
+    eval_batch_size: int = 4096  # users per evaluation batch
+    seed: int = 2024  # seeds torch, numpy and the negative sampler
+    device: str = "auto"  # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...
+    progress: bool = True  # tqdm progress bars
+    threads: int = 0  # torch CPU threads (0 = torch default)
+
+    def validate(self):
+        _positive(self, "epochs", "batch_size", "lr", "eval_every", "eval_batch_size")
+        self.ks = tuple(int(k) for k in self.ks)
+        metric, _, k = self.metric.partition("@")
+        if metric not in ("recall", "ndcg", "precision", "hit") or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(f"TrainConfig.metric must look like 'recall@20' with K in ks={self.ks}, "
+                             f"got '{self.metric}'")
+
+
+@dataclass
+class MFConfig(ConfigBase):
+    """MF-BPR (Rendle et al. 2009): user and item embeddings, score = inner product."""
+
+    dim: int = 64  # embedding size
+    l2: float = 1e-4  # L2 on the batch's embeddings, divided by batch size
+    init_std: float = 0.1  # embeddings start as N(0, init_std^2)
+
+    def validate(self):
+        _positive(self, "dim")
+
+
+@dataclass
+class LightGCNConfig(ConfigBase):
+    """LightGCN (He et al. 2020): mean of K propagations over the normalised bipartite graph."""
+
+    dim: int = 64  # embedding size
+    layers: int = 3  # propagation layers
+    l2: float = 1e-4  # L2 on the batch's ego embeddings, divided by batch size
+    init_std: float = 0.1  # embeddings start as N(0, init_std^2)
+
+    def validate(self):
+        _positive(self, "dim")
+        if self.layers < 0:
+            raise ValueError(f"LightGCNConfig.layers must be >= 0, got {self.layers}")
+
+
+@dataclass
+class PopularityConfig(ConfigBase):
+    """Most-popular: score = number of training interactions of the item (a sanity floor)."""
+
+
+@dataclass
+class RunConfig(ConfigBase):
+    """Everything that determines a run: model name, its config, and the training config."""
+
+    model: str = "lightgcn"
+    model_config: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        from diffmm.utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=list))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+        return cls.from_dict(values)
+
+
+def parse_value(text: str, current: Any) -> Any:
+    """Parse a CLI string into the type of the field's current value."""
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean (true/false), got '{text}'")
+    if isinstance(current, tuple):
+        return tuple(int(x) if x.strip().lstrip("-").isdigit() else float(x) for x in text.split(","))
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if current is None:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return type(current)(text) if not isinstance(current, str) else text
+
+
+@dataclass
+class DiffMMConfig(ConfigBase):
+    """DiffMM (Sec. 2). Defaults are the authors' ``Params.py``; see :meth:`preset` for datasets.
+
+    Paper symbols: lambda0 = ``msi_weight`` (Eq. 24), lambda1 = ``cl_weight``, lambda2 = ``l2``
+    (Eq. 26), tau = ``temperature`` (Eq. 18-19), omega = ``omega`` (Eq. 23), s / gamma_min /
+    gamma_max / T = ``noise_scale`` / ``noise_min`` / ``noise_max`` / ``steps`` (Eq. 3).
+    """
+
+    # encoder (Sec. 2.3-2.4)
+    dim: int = 64  # embedding size d
+    layers: int = 1  # message-passing layers L on the interaction graph (Eq. 17, 22)
+    projection: str = "leaky"  # Trans(.) of Eq. 15: 'linear' (nn.Linear) or 'leaky' (W then LeakyReLU 0.2)
+    omega: float = 0.5  # weight of Norm(H_0) in Eq. 23 (authors' ris_lambda)
+    generated_graph_weight: float = 0.2  # weight of the A^m term in Eq. 20 (authors' ris_adj_lambda)
+    keep_rate: float = 0.5  # edge keep rate of the dropout applied to each A^m every epoch
+    l2: float = 1e-4  # lambda2: L2 on user and item id embeddings (Eq. 26)
+    # cross-modal contrastive learning (Sec. 2.3.2)
+    cl_weight: float = 1e-2  # lambda1 (0 disables contrastive learning: the 'w/o CL' ablation)
+    temperature: float = 0.5  # tau
+    cl_anchor: str = "modality"  # 'modality' (Eq. 18) or 'main' (Eq. 19)
+    fusion_ratio: float = 0.0  # rho of Sec. 3.6: views from (1-rho) A^m + rho * edge-dropped A
+    # graph generation (Sec. 2.2)
+    generator: str = "diffusion"  # 'diffusion', or 'vgae' (the 'w/o DM' ablation)
+    steps: int = 5  # T
+    noise_scale: float = 0.1  # s
+    noise_min: float = 1e-4  # gamma_min
+    noise_max: float = 0.02  # gamma_max
+    first_beta: float | None = 1e-4  # authors fix beta_1 = 1e-4; None = Eq. 3 exactly
+    forward_steps: int = 0  # T' of Sec. 2.2.3 (authors: 0, denoise the observed vector)
+    denoiser_hidden: tuple[int, ...] = (1000,)  # MLP hidden sizes
+    time_dim: int = 10  # step-embedding size
+    denoiser_dropout: float = 0.5  # dropout on the denoiser input
+    msi_weight: float = 0.1  # lambda0 (0 disables MSI: the 'w/o MSI' ablation)
+    rebuild_k: int = 1  # k: items per user added to each A^m
+    generator_batch_size: int = 1024  # users per denoiser step and per generation batch
+
+    def validate(self):
+        _positive(self, "dim", "steps", "rebuild_k", "generator_batch_size", "temperature")
+        choices = {"projection": ("linear", "leaky"), "cl_anchor": ("modality", "main"),
+                   "generator": ("diffusion", "vgae")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DiffMMConfig.{name} must be one of {allowed}, got '{getattr(self, name)}'")
+        if not 0 <= self.fusion_ratio <= 1:
+            raise ValueError(f"DiffMMConfig.fusion_ratio must be in [0, 1], got {self.fusion_ratio}")
+        if not 0 < self.keep_rate <= 1:
+            raise ValueError(f"DiffMMConfig.keep_rate must be in (0, 1], got {self.keep_rate}")
+        if not 0 <= self.forward_steps <= self.steps:
+            raise ValueError(f"DiffMMConfig.forward_steps must be in [0, steps={self.steps}]")
+        self.denoiser_hidden = tuple(int(h) for h in self.denoiser_hidden)
+
+    # The authors' README commands, on top of their Params.py defaults.
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "tiktok": dict(l2=1e-4, cl_weight=1e-2, projection="linear", msi_weight=0.1, cl_anchor="main"),
+        "baby": dict(l2=1e-5, cl_weight=1e-1, keep_rate=1.0, msi_weight=0.01),
+        "sports": dict(l2=1e-6, cl_weight=1e-2, temperature=0.1, omega=0.1, msi_weight=0.5, keep_rate=1.0,
+                       projection="linear"),
+    }
+    # Training settings that go with each preset (authors: batch 1024, lr 1e-3; TikTok 50 epochs).
+    TRAIN_PRESETS: ClassVar[dict[str, dict]] = {
+        "tiktok": dict(batch_size=1024, lr=1e-3, epochs=50),
+        "baby": dict(batch_size=1024, lr=1e-3),
+        "sports": dict(batch_size=1024, lr=1e-3),
+    }
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "DiffMMConfig":
+        """The authors' hyperparameters for a paper dataset ('tiktok', 'baby', 'sports')."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown DiffMM preset '{name}'; available: {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})

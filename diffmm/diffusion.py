@@ -1,0 +1,126 @@
+"""Gaussian diffusion over a user's interaction vector (Sec. 2.2, Eq. 1-13).
+
+Notation follows the paper: gamma_t = 1 - beta_t, gamma_bar_t = prod_{s<=t} gamma_s, and steps
+t in {1, ..., T}; index 0 of every schedule array is the clean state (gamma_bar_0 = 1).
+Schedules are pure functions computed in float64 and stored as float32 buffers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def linear_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float,
+                    first_beta: float | None = None) -> np.ndarray:
+    """beta_1..beta_T (float64, shape (T,)) of the linear schedule on 1 - gamma_bar_t.
+
+    Eq. 3: 1 - gamma_bar_t = s * [gamma_min + (t - 1) / (T - 1) * (gamma_max - gamma_min)].
+    ``first_beta`` overrides beta_1 afterwards, as the authors' code does (``beta_fixed``: 1e-4).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not (0 <= noise_scale <= 1 and 0 < noise_min < 1 and 0 < noise_max < 1 and noise_min <= noise_max):
+        raise ValueError(f"need 0 <= noise_scale <= 1 and 0 < noise_min <= noise_max < 1, "
+                         f"got {noise_scale}, {noise_min}, {noise_max}")
+    one_minus_bar = noise_scale * np.linspace(noise_min, noise_max, steps, dtype=np.float64)  # Eq. 3
+    bar = 1.0 - one_minus_bar
+    betas = np.empty(steps, dtype=np.float64)
+    betas[0] = 1.0 - bar[0]
+    betas[1:] = np.minimum(1.0 - bar[1:] / bar[:-1], 0.999)  # gamma_t = gamma_bar_t / gamma_bar_{t-1}
+    if first_beta is not None:
+        betas[0] = first_beta
+    return betas
+
+
+class GaussianDiffusion(nn.Module):
+    """Forward noising, posterior, loss weights and deterministic reverse inference.
+
+    Args:
+        betas: (T,) float64 noise schedule, e.g. from :func:`linear_schedule`.
+    """
+
+    def __init__(self, betas: np.ndarray):
+        super().__init__()
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
+            raise ValueError(f"betas must be a 1-d array in (0, 1), got {betas}")
+        self.steps = len(betas)
+        gamma = np.concatenate([[1.0], 1.0 - betas])  # gamma_0 := 1 (unused), gamma_1..T
+        bar = np.cumprod(gamma)  # gamma_bar_0 = 1, gamma_bar_1..T
+        snr = np.full_like(bar, np.inf)
+        snr[1:] = bar[1:] / (1.0 - bar[1:])
+        # Eq. 11 weight SNR(t-1) - SNR(t) (its constant 1/2 dropped, as in the authors' code);
+        # t = 1 is the unweighted reconstruction term of Eq. 12.
+        weight = np.ones_like(bar)
+        weight[2:] = snr[1:-1] - snr[2:]
+        weight[0] = 0.0
+        # Eq. 8 / Eq. 10: posterior mean = coef_xt * alpha_t + coef_x0 * alpha_0 (standard DDPM form;
+        # the paper's first coefficient prints gamma_bar_t where sqrt(gamma_t) is meant).
+        prev = np.concatenate([[1.0], bar[:-1]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coef_xt = np.sqrt(gamma) * (1.0 - prev) / (1.0 - bar)
+            coef_x0 = np.sqrt(prev) * (1.0 - gamma) / (1.0 - bar)
+            variance = (1.0 - gamma) * (1.0 - prev) / (1.0 - bar)  # sigma^2(t), Eq. 8
+        for name, values in dict(betas=np.concatenate([[0.0], betas]), gamma_bar=bar,
+                                 sqrt_gamma_bar=np.sqrt(bar), sqrt_one_minus_gamma_bar=np.sqrt(1.0 - bar),
+                                 loss_weight=weight, posterior_coef_xt=np.nan_to_num(coef_xt),
+                                 posterior_coef_x0=np.nan_to_num(coef_x0),
+                                 posterior_variance=np.nan_to_num(variance)).items():
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
+
+    @staticmethod
+    def _at(schedule: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return schedule[t].unsqueeze(-1)  # (B, 1), broadcasts over items
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 2: alpha_t = sqrt(gamma_bar_t) alpha_0 + sqrt(1 - gamma_bar_t) eps."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        return self._at(self.sqrt_gamma_bar, t) * x0 + self._at(self.sqrt_one_minus_gamma_bar, t) * noise
+
+    def posterior_mean(self, xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 (with the true x0) or Eq. 10 (with the denoiser's prediction of x0)."""
+        return self._at(self.posterior_coef_xt, t) * xt + self._at(self.posterior_coef_x0, t) * x0
+
+    def sample_steps(self, batch: int, device) -> torch.Tensor:
+        """t ~ U{1, ..., T} (Eq. 13)."""
+        return torch.randint(1, self.steps + 1, (batch,), device=device)
+
+    def elbo_terms(self, denoiser: nn.Module, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-user weighted reconstruction loss (Eq. 11-13) and the predicted x0 (for MSI, Eq. 14).
+
+        Returns:
+            loss: (B,) weight_t * mean_i (x0_hat - x0)^2.
+            x0_hat: (B, n_items).
+        """
+        t = self.sample_steps(x0.shape[0], x0.device)
+        xt = self.q_sample(x0, t)  # Eq. 2
+        x0_hat = denoiser(xt, t)
+        mse = (x0_hat - x0).square().mean(dim=-1)  # Eq. 13 (mean over items, as the authors' code)
+        return self.loss_weight[t] * mse, x0_hat
+
+    @torch.no_grad()
+    def reverse(self, denoiser: nn.Module, x0: torch.Tensor, forward_steps: int = 0,
+                return_trajectory: bool = False):
+        """Sec. 2.2.3 inference: noise x0 for T' forward steps, then T deterministic reverse steps.
+
+        alpha_hat_{t-1} = mu_theta(alpha_hat_t, t) (Eq. 10, variance ignored). Returns alpha_hat_0
+        (B, n_items), and the list [alpha_hat_T, ..., alpha_hat_0] if ``return_trajectory``.
+        """
+        if not 0 <= forward_steps <= self.steps:
+            raise ValueError(f"forward_steps must be in [0, {self.steps}], got {forward_steps}")
+        x = x0
+        if forward_steps > 0:
+            x = self.q_sample(x0, torch.full((x0.shape[0],), forward_steps, device=x0.device))
+        trajectory = [x]
+        for step in range(self.steps, 0, -1):
+            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+            x = self.posterior_mean(x, denoiser(x, t), t)  # Eq. 10
+            if return_trajectory:
+                trajectory.append(x)
+        return (x, trajectory) if return_trajectory else x
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}, gamma_bar_T={float(self.gamma_bar[-1]):.5f}"

@@ -1,0 +1,133 @@
+"""Graphs: the normalised bipartite adjacency, sparse products with autograd, top-k graphs, edge dropout.
+
+Every adjacency is a (n_users + n_items)^2 sparse matrix in CSR layout, the layout torch
+multiplies fastest on CPU. :class:`Adjacency` keeps the matrix and its transpose so the
+backward pass of ``A @ X`` (which is ``A^T @ grad``) is another CSR product.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+def bipartite(interactions: sp.spmatrix, self_loops: bool = False) -> sp.csr_matrix:
+    """[[0, R], [R^T, 0]] (+ I), binary, shape (U + I, U + I)."""
+    r = sp.csr_matrix(interactions, dtype=np.float32)
+    r.data[:] = 1.0
+    n_users, n_items = r.shape
+    full = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    full.resize(n_users + n_items, n_users + n_items)  # bmat drops empty blocks' shape info
+    if self_loops:
+        full = (full + sp.identity(n_users + n_items, dtype=np.float32, format="csr")).tocsr()
+    return full
+
+
+def sym_normalize(adjacency: sp.spmatrix) -> sp.csr_matrix:
+    """D^{-1/2} A D^{-1/2}; rows with zero degree stay zero (Eq. 16's 1/sqrt(|N_u||N_i|))."""
+    adjacency = sp.csr_matrix(adjacency)
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree, dtype=np.float64)
+    inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
+    d = sp.diags(inv_sqrt)
+    out = (d @ adjacency @ d).tocsr().astype(np.float32)
+    out.sort_indices()
+    return out
+
+
+def _torch_csr(matrix: sp.csr_matrix, device) -> torch.Tensor:
+    matrix = sp.csr_matrix(matrix)
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(matrix.indptr.astype(np.int64)), torch.from_numpy(matrix.indices.astype(np.int64)),
+        torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape, device=device)
+
+
+class _SparseMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, matrix, transposed, dense):
+        ctx.transposed = transposed
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, torch.sparse.mm(ctx.transposed, grad)
+
+
+class Adjacency:
+    """A sparse (N, N) matrix on a device, usable as ``adj @ dense`` with autograd on ``dense``.
+
+    Args:
+        matrix: scipy sparse matrix.
+        device: torch device.
+        symmetric: skip storing the transpose when the matrix is known symmetric.
+    """
+
+    def __init__(self, matrix: sp.spmatrix, device: torch.device | str = "cpu", symmetric: bool = False):
+        matrix = sp.csr_matrix(matrix, dtype=np.float32)
+        self.shape = matrix.shape
+        self.nnz = matrix.nnz
+        self.scipy = matrix
+        self.matrix = _torch_csr(matrix, device)
+        self.transposed = self.matrix if symmetric else _torch_csr(matrix.T.tocsr(), device)
+
+    def __matmul__(self, dense: torch.Tensor) -> torch.Tensor:
+        if dense.requires_grad:
+            return _SparseMatmul.apply(self.matrix, self.transposed, dense)
+        return torch.sparse.mm(self.matrix, dense)
+
+    def to(self, device) -> "Adjacency":
+        return Adjacency(self.scipy, device, symmetric=self.transposed is self.matrix)
+
+    def __repr__(self) -> str:
+        return f"Adjacency(shape={tuple(self.shape)}, nnz={self.nnz}, device={self.matrix.device})"
+
+
+def normalized_adjacency(interactions: sp.spmatrix, self_loops: bool = False, device="cpu") -> Adjacency:
+    """The symmetric-normalised bipartite graph of a users x items matrix, ready for message passing."""
+    return Adjacency(sym_normalize(bipartite(interactions, self_loops)), device, symmetric=True)
+
+
+def topk_interactions(users: np.ndarray, top_items: np.ndarray, n_items: int, n_users: int) -> sp.csr_matrix:
+    """A users x items binary matrix with an edge (u, i) for each of the user's top-k items.
+
+    Args:
+        users: (B,) user ids.
+        top_items: (B, k) item ids per user (Sec. 2.2.3: the k highest denoised scores).
+    """
+    k = top_items.shape[1]
+    rows = np.repeat(users, k)
+    data = np.ones(len(rows), dtype=np.float32)
+    matrix = sp.csr_matrix((data, (rows, top_items.reshape(-1))), shape=(n_users, n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def edge_dropout(matrix: sp.csr_matrix, keep_rate: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Keep each stored entry with probability ``keep_rate`` and rescale kept ones by 1 / keep_rate.
+
+    This is the authors' ``SpAdjDropEdge`` applied to a normalised adjacency.
+    """
+    if not 0 < keep_rate <= 1:
+        raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
+    if keep_rate == 1:
+        return matrix
+    coo = matrix.tocoo()
+    keep = rng.random(coo.nnz) < keep_rate
+    return sp.csr_matrix((coo.data[keep] / keep_rate, (coo.row[keep], coo.col[keep])), shape=matrix.shape)
+
+
+def dense_rows(matrix: sp.csr_matrix, users: np.ndarray, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """``matrix[users]`` as a dense (B, n_cols) tensor; only one batch of rows is ever dense."""
+    sub = matrix[users]
+    rows = torch.from_numpy(np.repeat(np.arange(len(users)), np.diff(sub.indptr))).to(device)
+    cols = torch.from_numpy(sub.indices.astype(np.int64)).to(device)
+    out = torch.zeros(len(users), matrix.shape[1], device=device, dtype=dtype)
+    out[rows, cols] = torch.from_numpy(sub.data).to(device=device, dtype=dtype)
+    return out

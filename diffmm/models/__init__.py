@@ -1,0 +1,31 @@
+"""Models: the DiffMM recommender and the baselines, behind one registry."""
+
+from __future__ import annotations
+
+from diffmm.config import DiffMMConfig, LightGCNConfig, MFConfig, PopularityConfig
+from diffmm.models.base import Recommender
+from diffmm.models.baselines import MF, LightGCN, Popularity
+from diffmm.models.diffmm import DiffMM
+
+# name -> (config class, model class); the CLI and experiments look models up here.
+MODELS: dict[str, tuple[type, type]] = {
+    "diffmm": (DiffMMConfig, DiffMM),
+    "mf": (MFConfig, MF),
+    "lightgcn": (LightGCNConfig, LightGCN),
+    "popularity": (PopularityConfig, Popularity),
+}
+
+
+def build_model(name: str, dataset, config=None) -> Recommender:
+    """Instantiate a registered model; ``config`` may be a config object, a dict, or None (defaults)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; available: {sorted(MODELS)}")
+    config_cls, model_cls = MODELS[name]
+    if config is None:
+        config = config_cls()
+    elif isinstance(config, dict):
+        config = config_cls.from_dict(config)
+    return model_cls(dataset, config)
+
+
+__all__ = ["MODELS", "build_model", "Recommender", "DiffMM", "MF", "LightGCN", "Popularity"]

@@ -1,0 +1,61 @@
+"""The interface every recommender implements, so one Trainer and one evaluator serve them all."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffmm.data.dataset import RecDataset
+
+
+class Recommender(nn.Module):
+    """Base class.
+
+    A subclass implements :meth:`final_embeddings` (or overrides :meth:`scorer`) and
+    :meth:`loss`; models with extra per-epoch work (DiffMM's diffusion training and graph
+    regeneration) override :meth:`before_epoch`. Optimisers are created by the model in
+    :meth:`configure_optimizers` and the ``"rec"`` one is stepped on :meth:`loss`.
+    """
+
+    trainable: bool = True
+
+    def __init__(self, dataset: RecDataset):
+        super().__init__()
+        self.n_users, self.n_items = dataset.n_users, dataset.n_items
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        return {"rec": torch.optim.Adam(self.parameters(), lr=lr)}
+
+    def before_epoch(self, epoch: int, optimizers: dict, progress: bool = False) -> dict[str, float]:
+        """Work done once per epoch before the BPR steps; returns numbers to log."""
+        return {}
+
+    def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Losses for a batch of BPR triples; the key ``"loss"`` is what gets minimised."""
+        raise NotImplementedError
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n_users, d) and (n_items, d) embeddings whose inner product is the score."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def scorer(self):
+        """A function users -> (B, n_items) scores, with the embeddings computed once."""
+        was_training = self.training
+        self.eval()
+        users_emb, items_emb = self.final_embeddings()
+        self.train(was_training)
+        return lambda users: users_emb[users] @ items_emb.T
+
+
+def bpr(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Eq. 25: mean over the batch of -log sigmoid(y_ui - y_uj)."""
+    return -torch.nn.functional.logsigmoid(pos_scores - neg_scores).mean()

@@ -1,0 +1,277 @@
+"""DiffMM (Jiang et al., ACM MM 2024): multi-modal graph diffusion for recommendation.
+
+Read top to bottom: per-modality feature alignment (Eq. 15), the generated graphs A^m
+(Sec. 2.2.3, rebuilt every epoch by :meth:`DiffMM.before_epoch`), multi-modal graph aggregation
+(Eq. 20-23), cross-modal contrastive views and losses (Eq. 16-19) and the training objective
+(Eq. 26). Modalities are a dict; each per-modality step is one batched operation over all of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diffmm.config import DiffMMConfig
+from diffmm.data.dataset import RecDataset
+from diffmm.graph import (Adjacency, bipartite, dense_rows, edge_dropout, sym_normalize, topk_interactions)
+from diffmm.models.base import Recommender, bpr
+from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
+
+
+def info_nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of Eq. 18/19 with cosine similarity s(.) and every node of ``other`` as a candidate.
+
+    -log exp(s(a_n, o_n)/tau) / sum_v exp(s(a_n, o_v)/tau), averaged over ``nodes``: a softmax
+    cross-entropy whose target for anchor n is column n. anchor, other: (N, d); nodes: (B,).
+    """
+    a = F.normalize(anchor[nodes], dim=-1) / temperature  # (B, d); 1/tau folded in before the product
+    o = F.normalize(other, dim=-1)  # (N, d)
+    return F.cross_entropy(a @ o.T, nodes)  # logits (B, N)
+
+
+class DiffMM(Recommender):
+    """The DiffMM recommender.
+
+    Args:
+        dataset: interactions and ``item_features`` (any number of modalities).
+        config: :class:`DiffMMConfig`; ``DiffMMConfig.preset('tiktok')`` gives the authors' settings.
+    """
+
+    def __init__(self, dataset: RecDataset, config: DiffMMConfig | None = None):
+        super().__init__(dataset)
+        self.config = cfg = config or DiffMMConfig()
+        if not dataset.item_features:
+            raise ValueError(f"DiffMM needs item features; dataset '{dataset.name}' has no modality")
+        self.modalities = list(dataset.item_features)
+        self._train = dataset.train
+        d = cfg.dim
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))  # E^u
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))  # e^i
+        for m, feats in dataset.item_features.items():
+            self.register_buffer(f"raw_{m}", torch.from_numpy(np.asarray(feats, dtype=np.float32)), persistent=False)
+        # Trans(.) of Eq. 15, one per modality
+        self.projections = nn.ModuleDict({
+            m: nn.Linear(f.shape[1], d) if cfg.projection == "linear" else nn.Linear(f.shape[1], d, bias=False)
+            for m, f in dataset.item_features.items()})
+        if cfg.projection == "leaky":
+            for proj in self.projections.values():
+                nn.init.xavier_uniform_(proj.weight)
+        self.modality_logits = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))  # kappa
+        self.generators = nn.ModuleDict({
+            m: DiffusionGenerator(self.n_items, cfg) if cfg.generator == "diffusion" else VGAEGenerator(self.n_users, cfg)
+            for m in self.modalities})
+        # the interaction graph A with self-loops, normalised (the authors' torchBiAdj)
+        self._graph_scipy = sym_normalize(bipartite(dataset.train, self_loops=True))
+        self._graph = None
+        # generated graphs: binary users x items A^m, and the normalised + edge-dropped versions used
+        empty = sp.csr_matrix((self.n_users, self.n_items), dtype=np.float32)
+        self.generated = {m: empty for m in self.modalities}
+        self._set_graphs({m: self._normalized(empty) for m in self.modalities}, None)
+
+    # ------------------------------------------------------------------ graphs
+    def _normalized(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
+        return sym_normalize(bipartite(interactions, self_loops=True))
+
+    def _set_graphs(self, generated_adj: dict, view_adj: dict | None) -> None:
+        self._generated_scipy, self._view_scipy = generated_adj, view_adj
+        self._adj_cache: dict = {}
+
+    def _adjacency(self, key: str, matrix: sp.csr_matrix) -> Adjacency:
+        """Device copies of the scipy graphs, built once per rebuild (not per step)."""
+        cached = self._adj_cache.get(key)
+        if cached is None or cached.matrix.device != self.device:
+            cached = self._adj_cache[key] = Adjacency(matrix, self.device)
+        return cached
+
+    @property
+    def graph(self) -> Adjacency:
+        if self._graph is None or self._graph.matrix.device != self.device:
+            self._graph = Adjacency(self._graph_scipy, self.device, symmetric=True)
+        return self._graph
+
+    def generated_adjacency(self, m: str) -> Adjacency:
+        return self._adjacency(f"gen/{m}", self._generated_scipy[m])
+
+    def view_adjacency(self, m: str) -> Adjacency:
+        if self._view_scipy is None:
+            return self.generated_adjacency(m)
+        return self._adjacency(f"view/{m}", self._view_scipy[m])
+
+    def get_extra_state(self):
+        return {"generated": self.generated, "generated_adj": self._generated_scipy, "view_adj": self._view_scipy}
+
+    def set_extra_state(self, state):
+        self.generated = state["generated"]
+        self._set_graphs(state["generated_adj"], state["view_adj"])
+
+    # ---------------------------------------------------------------- encoder
+    def modal_features(self) -> dict[str, torch.Tensor]:
+        """Trans(f^m) for every modality, (I, d) each (Eq. 15 before Norm)."""
+        out = {}
+        for m, proj in self.projections.items():
+            h = proj(getattr(self, f"raw_{m}"))
+            out[m] = F.leaky_relu(h, 0.2) if self.config.projection == "leaky" else h
+        return out
+
+    def modality_weights(self) -> dict[str, float]:
+        """softmax(kappa) of Eq. 21, per modality."""
+        return dict(zip(self.modalities, torch.softmax(self.modality_logits, 0).tolist()))
+
+    def _propagate(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_{l=0..L} A^l x: Eq. 17 / Eq. 22 sum-pooling over L layers of the interaction graph."""
+        total = x
+        for _ in range(self.config.layers):
+            x = self.graph @ x
+            total = total + x
+        return total
+
+    def encode(self, features: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final embeddings H~ (Eq. 20-23) as (N, d) with N = U + I; also returns H_0."""
+        features = features if features is not None else self.modal_features()
+        U, d, M = self.n_users, self.config.dim, len(self.modalities)
+        ids = torch.cat([self.user_embedding, self.item_embedding])  # (N, d)
+        # Eq. 20, all modalities in one product: stack [E^u ; Norm(e_m^i)] side by side -> (N, M*d)
+        x = torch.cat([torch.cat([self.user_embedding, F.normalize(features[m])]) for m in self.modalities], 1)
+        first = self.graph @ x  # users: A e_m^i ; items: A E^u
+        second_in = torch.cat([first[:U], self.item_embedding.repeat(1, M)])
+        z = first + self.graph @ second_in  # users: + A e^i ; items: + A (A e_m^i)
+        z = z.view(-1, M, d)
+        generated = torch.stack([self.generated_adjacency(m) @ ids for m in self.modalities], 1)  # (N, M, d)
+        z = z + self.config.generated_graph_weight * generated  # Eq. 20, the A^m term
+        weights = torch.softmax(self.modality_logits, 0)  # Eq. 21
+        h0 = (weights[None, :, None] * z).sum(1)  # (N, d)
+        h = self._propagate(h0) + self.config.omega * F.normalize(h0)  # Eq. 22-23
+        return h, h0
+
+    def final_embeddings(self):
+        h, _ = self.encode()
+        return h[: self.n_users], h[self.n_users:]
+
+    def contrastive_views(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Z~^m (N, d) per modality: Eq. 16 on the view graph, then Eq. 17 on A."""
+        first = [self.view_adjacency(m) @ torch.cat([self.user_embedding, F.normalize(features[m])])
+                 for m in self.modalities]  # Eq. 16
+        z = self._propagate(torch.cat(first, 1))  # Eq. 17, all modalities at once
+        return dict(zip(self.modalities, z.split(self.config.dim, 1)))
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, users, positives, negatives):
+        """Eq. 26: L_bpr + lambda1 L_cl + lambda2 ||Theta||^2, for a batch of BPR triples."""
+        cfg = self.config
+        features = self.modal_features()
+        h, _ = self.encode(features)
+        u, i, j = h[users], h[self.n_users + positives], h[self.n_users + negatives]
+        rec = bpr((u * i).sum(-1), (u * j).sum(-1))  # Eq. 25
+        reg = self.user_embedding.square().sum() + self.item_embedding.square().sum()
+        losses = {"bpr": rec, "l2": reg}
+        total = rec + cfg.l2 * reg
+        if cfg.cl_weight:  # only the contrastive terms that are used are computed
+            views = self.contrastive_views(features)
+            if cfg.cl_anchor == "main":  # Eq. 19
+                pairs = [(h, views[m]) for m in self.modalities]
+            else:  # Eq. 18 over modality pairs (each unordered pair once, as the authors' code)
+                pairs = [(views[a], views[b]) for k, a in enumerate(self.modalities) for b in self.modalities[k + 1:]]
+            U, tau = self.n_users, cfg.temperature
+            # L_cl = L_cl^user + L_cl^item: users contrast with users, items with items
+            cl = sum(info_nce(a[:U], b[:U], users, tau) + info_nce(a[U:], b[U:], positives, tau) for a, b in pairs)
+            losses["cl"] = cl
+            total = total + cfg.cl_weight * cl
+        losses["loss"] = total
+        return losses
+
+    # ------------------------------------------------------ per-epoch generation
+    def configure_optimizers(self, lr: float):
+        rec = [p for name, p in self.named_parameters() if not name.startswith("generators.")]
+        return {"rec": torch.optim.Adam(rec, lr=lr), "generator": torch.optim.Adam(self.generators.parameters(), lr=lr)}
+
+    def generator_context(self, m: str, features: dict[str, torch.Tensor]) -> GeneratorContext:
+        return GeneratorContext(self.user_embedding.detach(), self.item_embedding.detach(),
+                                features[m].detach(), self.graph)
+
+    def _user_batches(self, shuffle: bool):
+        order = torch.randperm(self.n_users) if shuffle else torch.arange(self.n_users)
+        for start in range(0, self.n_users, self.config.generator_batch_size):
+            users = order[start:start + self.config.generator_batch_size]
+            yield users.to(self.device), dense_rows(self._train, users.numpy(), self.device)
+
+    def train_generators(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One pass over all users: each modality's generator minimises Eq. 24."""
+        with torch.no_grad():
+            features = self.modal_features()
+        contexts = {m: self.generator_context(m, features) for m in self.modalities}
+        totals, n = {}, 0
+        for users, rows in self._user_batches(shuffle=True):
+            loss = 0.0
+            for m, generator in self.generators.items():
+                parts = generator.loss(rows, users, contexts[m])
+                loss = loss + parts["loss"]
+                for name, value in parts.items():
+                    totals[f"{m}_{name}"] = totals.get(f"{m}_{name}", 0.0) + float(value.detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n += 1
+        return {f"gen_{k}": v / n for k, v in totals.items()}
+
+    @torch.no_grad()
+    def generate_graphs(self) -> dict[str, sp.csr_matrix]:
+        """Each user's top-k denoised items per modality, as binary users x items matrices (Sec. 2.2.3)."""
+        was_training = self.training
+        self.eval()
+        features = self.modal_features()
+        contexts = {m: self.generator_context(m, features) for m in self.modalities}
+        top = {m: [] for m in self.modalities}
+        for users, rows in self._user_batches(shuffle=False):
+            for m, generator in self.generators.items():
+                top[m].append(generator.scores(rows, users, contexts[m]).topk(self.config.rebuild_k, dim=1).indices)
+        self.train(was_training)
+        users = np.arange(self.n_users)
+        return {m: topk_interactions(users, torch.cat(t).cpu().numpy(), self.n_items, self.n_users)
+                for m, t in top.items()}
+
+    def rebuild_graphs(self) -> None:
+        """Regenerate every A^m, normalise it, apply edge dropout; mix in random views if rho > 0."""
+        cfg = self.config
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+        self.generated = self.generate_graphs()
+        generated = {m: edge_dropout(self._normalized(g), cfg.keep_rate, rng) for m, g in self.generated.items()}
+        views = None
+        if cfg.fusion_ratio > 0 and cfg.cl_weight:  # Sec. 3.6: rho of the view is a randomly dropped A
+            views = {m: ((1 - cfg.fusion_ratio) * generated[m]
+                         + cfg.fusion_ratio * edge_dropout(self._graph_scipy, cfg.keep_rate, rng)).tocsr()
+                     for m in self.modalities}
+        self._set_graphs(generated, views)
+
+    def before_epoch(self, epoch, optimizers, progress=False):
+        import time
+
+        t0 = time.perf_counter()
+        stats = self.train_generators(optimizers["generator"])
+        t1 = time.perf_counter()
+        self.rebuild_graphs()
+        stats.update(generator_train_s=t1 - t0, graph_rebuild_s=time.perf_counter() - t1)
+        return stats
+
+    # ---------------------------------------------------------------- analysis
+    @torch.no_grad()
+    def denoising_trajectory(self, users, modality: str) -> list[torch.Tensor]:
+        """[alpha_hat_T, ..., alpha_hat_0] (each (B, I)) for chosen users and one modality."""
+        users = torch.as_tensor(np.asarray(users), dtype=torch.long)
+        rows = dense_rows(self._train, users.numpy(), self.device)
+        was_training = self.training
+        self.eval()
+        features = self.modal_features()
+        _, trajectory = self.generators[modality].scores(rows, users.to(self.device),
+                                                         self.generator_context(modality, features),
+                                                         return_trajectory=True)
+        self.train(was_training)
+        return [x.cpu() for x in trajectory]
+
+    def __repr__(self):
+        c = self.config
+        return (f"DiffMM(users={self.n_users}, items={self.n_items}, modalities={self.modalities}, dim={c.dim}, "
+                f"generator={c.generator}, cl={c.cl_anchor if c.cl_weight else 'off'}, "
+                f"msi={'on' if c.msi_weight else 'off'}, rho={c.fusion_ratio})")

@@ -1,0 +1,234 @@
+"""The Trainer: epochs of BPR steps, validation-selected early stopping, checkpoints, resume.
+
+The reported test metrics are those of the epoch with the best *validation* metric. Beside
+them, the best test value over all evaluated epochs is kept and labelled optimistic: it is
+what selecting on the test set (as the reference code does) would report.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from diffmm.config import TrainConfig
+from diffmm.data.dataset import RecDataset
+from diffmm.data.sampling import NegativeSampler
+from diffmm.evaluate import EvalResult, evaluate
+from diffmm.models.base import Recommender
+from diffmm.utils import atomic_path, resolve_device, seed_everything
+
+
+class Callback:
+    """Hooks called by the Trainer; override what you need. Return True from
+    ``on_epoch_end`` to stop training."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict) -> bool | None: ...
+
+    def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None: ...
+
+
+@dataclass
+class FitResult:
+    """What a training run produced."""
+
+    best_epoch: int
+    valid: dict[str, float]  # validation metrics at best_epoch
+    test: dict[str, float]  # test metrics at best_epoch (the honest number)
+    optimistic_test: dict[str, float]  # best test value per metric over evaluated epochs
+    optimistic_epoch: dict[str, int]  # the epoch each optimistic value came from
+    history: pd.DataFrame
+    epochs_run: int
+    wall_s: float
+    test_result: EvalResult | None = field(default=None, repr=False)  # per-user table at best_epoch
+
+    def summary(self, metric: str = "recall@20", other: str = "ndcg@20") -> str:
+        return (f"best epoch {self.best_epoch} (of {self.epochs_run}, selected on valid {metric}) | "
+                f"test {metric} {self.test[metric]:.4f} {other} {self.test[other]:.4f} | "
+                f"optimistic best-test {metric} {self.optimistic_test[metric]:.4f} "
+                f"(epoch {self.optimistic_epoch[metric]}) | {self.wall_s:.0f}s")
+
+    def to_dict(self) -> dict:
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "wall_s": self.wall_s,
+                "valid": self.valid, "test": self.test,
+                "optimistic_test": self.optimistic_test, "optimistic_epoch": self.optimistic_epoch}
+
+
+class Trainer:
+    """Trains a :class:`Recommender` on a :class:`RecDataset`.
+
+    Args:
+        model: the recommender (moved to the configured device).
+        dataset: train/valid/test interactions.
+        config: :class:`TrainConfig`.
+        out_dir: if given, ``best.pt`` (best validation epoch) and ``last.pt`` (resumable state)
+            are written there atomically every evaluation / epoch.
+        callbacks: :class:`Callback` objects.
+        resume: continue from ``out_dir/last.pt`` if it exists.
+    """
+
+    def __init__(self, model: Recommender, dataset: RecDataset, config: TrainConfig | None = None,
+                 out_dir: str | Path | None = None, callbacks: Sequence[Callback] = (), resume: bool = False):
+        self.config = config or TrainConfig()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        seed_everything(self.config.seed)
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device)
+        self.dataset = dataset
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.callbacks = list(callbacks)
+        self.rng = np.random.default_rng(self.config.seed)
+        self.sampler = NegativeSampler(dataset.train) if model.trainable else None
+        self.optimizers = model.configure_optimizers(self.config.lr) if model.trainable else {}
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.best: dict = {"epoch": 0, "value": -math.inf, "valid": {}, "test": {}}
+        if resume and self.out_dir and (self.out_dir / "last.pt").exists():
+            self.load_state(self.out_dir / "last.pt")
+
+    # ----------------------------------------------------------- evaluation
+    def evaluate(self, split: str, return_topk: bool = False) -> EvalResult:
+        return evaluate(self.model.scorer(), self.dataset, split, self.config.ks,
+                        self.config.eval_batch_size, self.device, return_topk=return_topk)
+
+    # ------------------------------------------------------------- training
+    def train_epoch(self) -> dict[str, float]:
+        """One epoch: the model's per-epoch work, then one pass of BPR steps over every training pair."""
+        model, cfg = self.model, self.config
+        model.train()
+        t0 = time.perf_counter()
+        record = dict(model.before_epoch(self.epoch, self.optimizers, progress=cfg.progress))
+        t1 = time.perf_counter()
+        totals: dict[str, float] = {}
+        n_batches = self.sampler.n_batches(cfg.batch_size)
+        steps = tqdm(self.sampler.epoch(cfg.batch_size, self.rng), total=n_batches, disable=not cfg.progress,
+                     desc=f"epoch {self.epoch}", leave=False)
+        optimizer = self.optimizers["rec"]
+        for users, positives, negatives in steps:
+            batch = [torch.from_numpy(a).to(self.device) for a in (users, positives, negatives)]
+            losses = model.loss(*batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+        record.update({f"train_{name}": value / n_batches for name, value in totals.items()})
+        record.update(before_epoch_s=t1 - t0, rec_s=time.perf_counter() - t1)
+        return record
+
+    def fit(self) -> FitResult:
+        """Train until ``epochs`` or early stopping; return validation-selected results."""
+        cfg = self.config
+        start = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        best_test_result = None
+        stop = False
+        while self.model.trainable and self.epoch < cfg.epochs and not stop:
+            self.epoch += 1
+            record = {"epoch": self.epoch, **self.train_epoch()}
+            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                best_test_result = self._validate(record) or best_test_result
+            record["elapsed_s"] = time.perf_counter() - start
+            self.history.append(record)
+            stop = self._patience_exhausted()
+            for cb in self.callbacks:
+                stop = bool(cb.on_epoch_end(self, record)) or stop
+            if self.out_dir:
+                self.save_state(self.out_dir / "last.pt")
+        if not self.model.trainable:  # nothing to train: one evaluation is the result
+            record = {"epoch": 0}
+            best_test_result = self._validate(record)
+            record["elapsed_s"] = time.perf_counter() - start
+            self.history.append(record)
+        if best_test_result is None:  # resumed after the best epoch: rebuild its table
+            best_test_result = self._best_test_from_checkpoint()
+        result = self._result(time.perf_counter() - start, best_test_result)
+        for cb in self.callbacks:
+            cb.on_fit_end(self, result)
+        return result
+
+    def _validate(self, record: dict) -> EvalResult | None:
+        t0 = time.perf_counter()
+        valid = self.evaluate("valid")
+        test = self.evaluate("test")
+        record["eval_s"] = time.perf_counter() - t0
+        record.update({f"valid_{k}": v for k, v in valid.metrics.items()})
+        record.update({f"test_{k}": v for k, v in test.metrics.items()})
+        value = valid.metrics[self.config.metric]
+        if value > self.best["value"]:
+            self.best = {"epoch": record["epoch"], "value": value, "valid": valid.metrics, "test": test.metrics}
+            if self.out_dir:
+                self._save(self.out_dir / "best.pt", {"model": self.model.state_dict(), "epoch": record["epoch"],
+                                                      "valid": valid.metrics, "test": test.metrics})
+            return test
+        return None
+
+    def _patience_exhausted(self) -> bool:
+        cfg = self.config
+        if not cfg.patience:
+            return False
+        evaluations = [r for r in self.history if f"valid_{cfg.metric}" in r]
+        since_best = sum(1 for r in evaluations if r["epoch"] > self.best["epoch"])
+        return since_best >= cfg.patience
+
+    def _best_test_from_checkpoint(self) -> EvalResult | None:
+        if not (self.out_dir and (self.out_dir / "best.pt").exists()):
+            return None
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(torch.load(self.out_dir / "best.pt", weights_only=False)["model"])
+        result = self.evaluate("test")
+        self.model.load_state_dict(current)
+        return result
+
+    def _result(self, wall_s: float, test_result: EvalResult | None) -> FitResult:
+        history = pd.DataFrame(self.history)
+        optimistic, optimistic_epoch = {}, {}
+        for column in history.columns:
+            if column.startswith("test_") and history[column].notna().any():
+                idx = history[column].idxmax()
+                optimistic[column[5:]] = float(history.loc[idx, column])
+                optimistic_epoch[column[5:]] = int(history.loc[idx, "epoch"])
+        return FitResult(self.best["epoch"], self.best["valid"], self.best["test"], optimistic, optimistic_epoch,
+                         history, self.epoch, wall_s, test_result)
+
+    # ---------------------------------------------------------- checkpoints
+    @staticmethod
+    def _save(path: Path, payload: dict) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def save_state(self, path: str | Path) -> None:
+        """Everything needed to continue exactly: weights, optimisers, RNGs, history, best so far."""
+        self._save(Path(path), {
+            "model": self.model.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "epoch": self.epoch, "history": self.history, "best": self.best,
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": self.config.to_dict(),
+        })
+
+    def load_state(self, path: str | Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
