@@ -13,8 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled")
 
 
 def bipartite(interactions: sp.spmatrix, self_loops: bool = False) -> sp.csr_matrix:

@@ -1,0 +1,5 @@
+import sys
+
+from diffmm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""A run: (dataset, RunConfig) -> trained model, metrics and files in a run directory.
+
+Layout of a run directory::
+
+    config.json        the full RunConfig (model, model_config, train)
+    history.csv        one row per epoch (losses, phase times, valid/test metrics when evaluated)
+    metrics.json       best_epoch, valid/test at best_epoch, optimistic best-test, wall time
+    per_user_test.csv  per-user test metrics at best_epoch (group by n_train for the sparsity figure)
+    topk_test.csv      each test user's top-K list (user, rank, item, score) from the best checkpoint
+    best.pt, last.pt   best-validation weights; resumable last state
+
+``sweep`` runs a grid of configs and caches each under a directory named by the hash of what
+determines it, so re-running a notebook only trains what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from diffmm.config import DiffMMConfig, RunConfig, TrainConfig, parse_value
+from diffmm.data.dataset import RecDataset
+from diffmm.evaluate import export_topk
+from diffmm.models import MODELS, build_model
+from diffmm.train import Callback, FitResult, Trainer
+from diffmm.utils import atomic_path, atomic_write_text, seed_everything
+
+
+def build_run_config(model: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
+                     base: RunConfig | None = None) -> RunConfig:
+    """Merge defaults, an optional paper preset, a base config and ``key=value`` overrides.
+
+    Each override key is looked up in the model's config first, then in :class:`TrainConfig`;
+    string values are parsed to the field's type. Unknown keys raise ``ValueError``.
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown model '{model}'; available: {sorted(MODELS)}")
+    config_cls, _ = MODELS[model]
+    model_values = config_cls().to_dict()
+    train_values = TrainConfig().to_dict()
+    if preset:
+        if config_cls is not DiffMMConfig:
+            raise ValueError(f"presets are defined for the diffmm model, not '{model}'")
+        model_values.update(DiffMMConfig.preset(preset).to_dict())
+        train_values.update(DiffMMConfig.TRAIN_PRESETS.get(preset, {}))
+    if base is not None:
+        model_values.update(base.model_config)
+        train_values.update(base.train)
+    for key, value in (overrides or {}).items():
+        key = key.replace("-", "_")
+        for values in (model_values, train_values):
+            if key in values:
+                values[key] = parse_value(value, values[key]) if isinstance(value, str) else value
+                break
+        else:
+            raise ValueError(f"unknown setting '{key}': not a field of {config_cls.__name__} "
+                             f"({sorted(model_values)}) nor of TrainConfig ({sorted(train_values)})")
+    config = RunConfig(model=model, model_config=config_cls.from_dict(model_values).to_dict(),
+                       train=TrainConfig.from_dict(train_values).to_dict())
+    return config
+
+
+def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = None, resume: bool = True,
+        callbacks: Sequence[Callback] = ()) -> tuple[FitResult, torch.nn.Module]:
+    """Train and evaluate one model; if ``out_dir`` is given, write the run directory there."""
+    train_config = TrainConfig.from_dict(config.train)
+    seed_everything(train_config.seed)  # the model's initialisation is part of the seeded run
+    model = build_model(config.model, dataset, config.model_config)
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.json")
+    trainer = Trainer(model, dataset, train_config, out_dir=out, callbacks=callbacks, resume=resume)
+    result = trainer.fit()
+    if out:
+        with atomic_path(out / "history.csv") as tmp:
+            result.history.to_csv(tmp, index=False)
+        payload = {"model": config.model, "dataset": dataset.name, **result.to_dict()}
+        atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
+        if (out / "best.pt").exists():  # score with the best-validation weights
+            model.load_state_dict(torch.load(out / "best.pt", weights_only=False)["model"])
+        test = trainer.evaluate("test", return_topk=True)
+        with atomic_path(out / "per_user_test.csv") as tmp:
+            test.per_user.to_csv(tmp, index=False)
+        export_topk(test, out / "topk_test.csv", dataset.item_names)
+    return result, model
+
+
+def config_key(dataset: RecDataset, config: RunConfig) -> str:
+    """A short hash of everything that determines a run (dataset shape/name and the full config)."""
+    blob = json.dumps({"data": [dataset.name, dataset.n_users, dataset.n_items, dataset.train.nnz],
+                       "config": config.to_dict()}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_dir_results(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "metrics.json").read_text())
+
+
+def sweep(dataset: RecDataset, configs: dict[str, RunConfig], root: str | Path,
+          metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
+    """Run each named config (skipping those already finished under ``root``) and tabulate them.
+
+    Returns one row per config: its name, key, best epoch, wall time, and valid/test metrics.
+    """
+    rows = []
+    for name, config in configs.items():
+        out = Path(root) / f"{config.model}-{config_key(dataset, config)}"
+        if not (out / "metrics.json").exists():
+            run(dataset, config, out)
+        found = run_dir_results(out)
+        row = {"name": name, "key": out.name, "best_epoch": found["best_epoch"], "wall_s": found["wall_s"]}
+        for split in ("valid", "test"):
+            row.update({f"{split}_{m}": found[split].get(m) for m in metrics})
+        rows.append(row)
+    return pd.DataFrame(rows)

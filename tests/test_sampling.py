@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from diffmm.data.sampling import NegativeSampler
+from diffmm.data.synthetic import make_synthetic
+
+
+def test_sampler_never_returns_a_training_positive():
+    data = make_synthetic(n_users=300, n_items=60, mean_activity=25, seed=3)  # dense rows: many collisions
+    sampler = NegativeSampler(data.train)
+    rng = np.random.default_rng(0)
+    dense = data.train.toarray()
+    for users, positives, negatives in sampler.epoch(128, rng):
+        assert dense[users, positives].all()
+        assert not dense[users, negatives].any()
+
+
+def test_epoch_covers_every_training_pair_once():
+    data = make_synthetic(n_users=200, n_items=100, seed=1)
+    sampler = NegativeSampler(data.train)
+    pairs = np.concatenate([np.stack([u, p], 1) for u, p, _ in sampler.epoch(64, np.random.default_rng(1))])
+    assert len(pairs) == data.train.nnz
+    assert len({tuple(p) for p in pairs}) == data.train.nnz
+
+
+def test_user_with_every_item_is_an_error():
+    train = sp.csr_matrix(np.array([[1, 1, 1], [1, 0, 0]], dtype=np.float32))
+    with pytest.raises(ValueError, match="every item"):
+        NegativeSampler(train)
