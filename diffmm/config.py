@@ -183,11 +183,12 @@ class DiffMMConfig(ConfigBase):
     msi_weight: float = 0.1  # lambda0 (0 disables MSI: the 'w/o MSI' ablation)
     rebuild_k: int = 1  # k: items per user added to each A^m
     generator_batch_size: int = 1024  # users per denoiser step and per generation batch
+    precision: str = "fp32"  # 'bf16': bfloat16 autocast for the denoiser and the InfoNCE products
 
     def validate(self):
         _positive(self, "dim", "steps", "rebuild_k", "generator_batch_size", "temperature")
         choices = {"projection": ("linear", "leaky"), "cl_anchor": ("modality", "main"),
-                   "generator": ("diffusion", "vgae")}
+                   "generator": ("diffusion", "vgae"), "precision": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DiffMMConfig.{name} must be one of {allowed}, got '{getattr(self, name)}'")

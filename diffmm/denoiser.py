@@ -23,6 +23,10 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class Denoiser(nn.Module):
     """alpha_hat_theta(alpha_t, t): [dropout(alpha_t), W_e emb(t)] -> hidden (tanh) -> n_items.
 
+    The first layer acting on the concatenation is stored as two blocks, ``input`` (items) and
+    ``time_in`` (step embedding): the same function, but a sparse ``alpha_t`` (the observed vector
+    that starts inference with T' = 0) is multiplied as sparse.
+
     Args:
         n_items: length of the interaction vector.
         hidden: hidden layer sizes (authors: [1000]).
@@ -36,21 +40,33 @@ class Denoiser(nn.Module):
         super().__init__()
         self.time_dim, self.normalize_input = time_dim, normalize_input
         self.time_proj = nn.Linear(time_dim, time_dim)
-        sizes = [n_items + time_dim, *hidden, n_items]
+        sizes = [n_items, *hidden, n_items]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.time_in = nn.Linear(time_dim, sizes[1], bias=False)  # the step-embedding columns of layer 0
         self.dropout = nn.Dropout(dropout)
-        for layer in [self.time_proj, *self.layers]:  # the authors' init: N(0, 2 / (fan_in + fan_out))
-            fan_out, fan_in = layer.weight.shape
-            nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / (fan_in + fan_out)))
-            nn.init.normal_(layer.bias, 0.0, 0.001)
+        # the authors' init: N(0, 2 / (fan_in + fan_out)), with layer 0's fan_in = n_items + time_dim
+        for layer, fan_in in [(self.time_proj, time_dim), (self.layers[0], n_items + time_dim),
+                              (self.time_in, n_items + time_dim), *[(l, l.in_features) for l in self.layers[1:]]]:
+            nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / (fan_in + layer.out_features)))
+            if layer.bias is not None:
+                nn.init.normal_(layer.bias, 0.0, 0.001)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: (B, n_items) noisy vectors; t: (B,) steps in 1..T. Returns predicted x0, (B, n_items)."""
-        if self.normalize_input:
-            x = nn.functional.normalize(x, dim=-1)
-        h = torch.cat([self.dropout(x), self.time_proj(timestep_embedding(t, self.time_dim))], dim=-1)
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < len(self.layers) - 1:
-                h = torch.tanh(h)
+        """x: (B, n_items) noisy vectors, dense or sparse; t: (B,) steps in 1..T.
+
+        Returns the predicted x0, (B, n_items).
+        """
+        if x.is_sparse:  # only at inference, where dropout is the identity
+            if self.normalize_input or self.training:
+                x = x.to_dense()
+            else:
+                first = self.layers[0]
+                h = torch.sparse.mm(x, first.weight.T.to(x.dtype)) + first.bias
+        if not x.is_sparse:
+            if self.normalize_input:
+                x = nn.functional.normalize(x, dim=-1)
+            h = self.layers[0](self.dropout(x))
+        h = h + self.time_in(self.time_proj(timestep_embedding(t, self.time_dim)))  # layer 0 on [x, emb]
+        for layer in self.layers[1:]:
+            h = layer(torch.tanh(h))
         return h

@@ -117,7 +117,9 @@ class GaussianDiffusion(nn.Module):
         trajectory = [x]
         for step in range(self.steps, 0, -1):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-            x = self.posterior_mean(x, denoiser(x, t), t)  # Eq. 10
+            # the observed vector (T' = 0) is sparse: the denoiser's first product runs as sparse
+            x_in = x.to_sparse() if step == self.steps and forward_steps == 0 else x
+            x = self.posterior_mean(x, denoiser(x_in, t), t)  # Eq. 10
             if return_trajectory:
                 trajectory.append(x)
         return (x, trajectory) if return_trajectory else x

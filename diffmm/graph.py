@@ -123,11 +123,27 @@ def edge_dropout(matrix: sp.csr_matrix, keep_rate: float, rng: np.random.Generat
     return sp.csr_matrix((coo.data[keep] / keep_rate, (coo.row[keep], coo.col[keep])), shape=matrix.shape)
 
 
-def dense_rows(matrix: sp.csr_matrix, users: np.ndarray, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """``matrix[users]`` as a dense (B, n_cols) tensor; only one batch of rows is ever dense."""
-    sub = matrix[users]
-    rows = torch.from_numpy(np.repeat(np.arange(len(users)), np.diff(sub.indptr))).to(device)
-    cols = torch.from_numpy(sub.indices.astype(np.int64)).to(device)
-    out = torch.zeros(len(users), matrix.shape[1], device=device, dtype=dtype)
-    out[rows, cols] = torch.from_numpy(sub.data).to(device=device, dtype=dtype)
-    return out
+
+class SparseRows:
+    """A users x items CSR matrix kept on the device, from which dense row batches are gathered.
+
+    Only one batch is ever dense, and on CUDA no host<->device copy happens per batch.
+    """
+
+    def __init__(self, matrix: sp.csr_matrix, device="cpu"):
+        matrix = sp.csr_matrix(matrix)
+        self.shape = matrix.shape
+        self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
+        self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
+        self.values = torch.from_numpy(matrix.data.astype(np.float32)).to(device)
+
+    def dense(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, n_cols) float32 dense copy of the given rows."""
+        rows = rows.to(self.indptr.device)
+        starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
+        batch_row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
+        first = torch.cumsum(counts, 0) - counts  # where each row's entries start in the output list
+        position = torch.repeat_interleave(starts - first, counts) + torch.arange(int(counts.sum()), device=rows.device)
+        out = torch.zeros(len(rows), self.shape[1], device=rows.device)
+        out[batch_row, self.indices[position]] = self.values[position]
+        return out

@@ -8,6 +8,9 @@ Read top to bottom: per-modality feature alignment (Eq. 15), the generated graph
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -16,20 +19,22 @@ from torch.nn import functional as F
 
 from diffmm.config import DiffMMConfig
 from diffmm.data.dataset import RecDataset
-from diffmm.graph import (Adjacency, bipartite, dense_rows, edge_dropout, sym_normalize, topk_interactions)
+from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout, sym_normalize, topk_interactions
 from diffmm.models.base import Recommender, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
 
 
-def info_nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor, temperature: float,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """InfoNCE of Eq. 18/19 with cosine similarity s(.) and every node of ``other`` as a candidate.
 
     -log exp(s(a_n, o_n)/tau) / sum_v exp(s(a_n, o_v)/tau), averaged over ``nodes``: a softmax
     cross-entropy whose target for anchor n is column n. anchor, other: (N, d); nodes: (B,).
+    ``dtype`` is the precision of the (B, N) product (bfloat16 for speed); the softmax is float32.
     """
     a = F.normalize(anchor[nodes], dim=-1) / temperature  # (B, d); 1/tau folded in before the product
     o = F.normalize(other, dim=-1)  # (N, d)
-    return F.cross_entropy(a @ o.T, nodes)  # logits (B, N)
+    return F.cross_entropy((a.to(dtype) @ o.to(dtype).T).float(), nodes)  # logits (B, N)
 
 
 class DiffMM(Recommender):
@@ -47,6 +52,7 @@ class DiffMM(Recommender):
             raise ValueError(f"DiffMM needs item features; dataset '{dataset.name}' has no modality")
         self.modalities = list(dataset.item_features)
         self._train = dataset.train
+        self._rows = None  # SparseRows of the training matrix on the model's device
         d = cfg.dim
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))  # E^u
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))  # e^i
@@ -168,7 +174,8 @@ class DiffMM(Recommender):
         reg = self.user_embedding.square().sum() + self.item_embedding.square().sum()
         losses = {"bpr": rec, "l2": reg}
         total = rec + cfg.l2 * reg
-        if cfg.cl_weight:  # only the contrastive terms that are used are computed
+        # only the contrastive terms that are used are computed; with one modality, Eq. 18 has no pair
+        if cfg.cl_weight and (cfg.cl_anchor == "main" or len(self.modalities) > 1):
             views = self.contrastive_views(features)
             if cfg.cl_anchor == "main":  # Eq. 19
                 pairs = [(h, views[m]) for m in self.modalities]
@@ -176,7 +183,9 @@ class DiffMM(Recommender):
                 pairs = [(views[a], views[b]) for k, a in enumerate(self.modalities) for b in self.modalities[k + 1:]]
             U, tau = self.n_users, cfg.temperature
             # L_cl = L_cl^user + L_cl^item: users contrast with users, items with items
-            cl = sum(info_nce(a[:U], b[:U], users, tau) + info_nce(a[U:], b[U:], positives, tau) for a, b in pairs)
+            dt = self._low_precision
+            cl = sum(info_nce(a[:U], b[:U], users, tau, dt) + info_nce(a[U:], b[U:], positives, tau, dt)
+                     for a, b in pairs)
             losses["cl"] = cl
             total = total + cfg.cl_weight * cl
         losses["loss"] = total
@@ -191,11 +200,28 @@ class DiffMM(Recommender):
         return GeneratorContext(self.user_embedding.detach(), self.item_embedding.detach(),
                                 features[m].detach(), self.graph)
 
+    @property
+    def _low_precision(self) -> torch.dtype:
+        return torch.bfloat16 if self.config.precision == "bf16" else torch.float32
+
+    def _autocast(self):
+        """bfloat16 autocast for the denoiser when ``precision='bf16'`` (CPU with AVX512-BF16, or CUDA)."""
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_rows(self, users: torch.Tensor) -> torch.Tensor:
+        """Dense (B, I) training rows alpha_0 of the given users, gathered on the device."""
+        if self._rows is None or self._rows.indptr.device != self.device:
+            self._rows = SparseRows(self._train, self.device)
+        return self._rows.dense(users)
+
     def _user_batches(self, shuffle: bool):
         order = torch.randperm(self.n_users) if shuffle else torch.arange(self.n_users)
+        order = order.to(self.device)
         for start in range(0, self.n_users, self.config.generator_batch_size):
             users = order[start:start + self.config.generator_batch_size]
-            yield users.to(self.device), dense_rows(self._train, users.numpy(), self.device)
+            yield users, self.train_rows(users)
 
     def train_generators(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One pass over all users: each modality's generator minimises Eq. 24."""
@@ -206,7 +232,8 @@ class DiffMM(Recommender):
         for users, rows in self._user_batches(shuffle=True):
             loss = 0.0
             for m, generator in self.generators.items():
-                parts = generator.loss(rows, users, contexts[m])
+                with self._autocast():
+                    parts = generator.loss(rows, users, contexts[m])
                 loss = loss + parts["loss"]
                 for name, value in parts.items():
                     totals[f"{m}_{name}"] = totals.get(f"{m}_{name}", 0.0) + float(value.detach())
@@ -226,7 +253,9 @@ class DiffMM(Recommender):
         top = {m: [] for m in self.modalities}
         for users, rows in self._user_batches(shuffle=False):
             for m, generator in self.generators.items():
-                top[m].append(generator.scores(rows, users, contexts[m]).topk(self.config.rebuild_k, dim=1).indices)
+                with self._autocast():
+                    scores = generator.scores(rows, users, contexts[m])
+                top[m].append(scores.float().topk(self.config.rebuild_k, dim=1).indices)
         self.train(was_training)
         users = np.arange(self.n_users)
         return {m: topk_interactions(users, torch.cat(t).cpu().numpy(), self.n_items, self.n_users)
@@ -246,8 +275,6 @@ class DiffMM(Recommender):
         self._set_graphs(generated, views)
 
     def before_epoch(self, epoch, optimizers, progress=False):
-        import time
-
         t0 = time.perf_counter()
         stats = self.train_generators(optimizers["generator"])
         t1 = time.perf_counter()
@@ -259,12 +286,12 @@ class DiffMM(Recommender):
     @torch.no_grad()
     def denoising_trajectory(self, users, modality: str) -> list[torch.Tensor]:
         """[alpha_hat_T, ..., alpha_hat_0] (each (B, I)) for chosen users and one modality."""
-        users = torch.as_tensor(np.asarray(users), dtype=torch.long)
-        rows = dense_rows(self._train, users.numpy(), self.device)
+        users = torch.as_tensor(np.asarray(users), dtype=torch.long, device=self.device)
+        rows = self.train_rows(users)
         was_training = self.training
         self.eval()
         features = self.modal_features()
-        _, trajectory = self.generators[modality].scores(rows, users.to(self.device),
+        _, trajectory = self.generators[modality].scores(rows, users,
                                                          self.generator_context(modality, features),
                                                          return_trajectory=True)
         self.train(was_training)

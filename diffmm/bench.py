@@ -1,0 +1,146 @@
+"""``python -m diffmm bench``: time one DiffMM epoch by phase and compare it with this machine's floor.
+
+In one run it (1) measures the matmul rate of this machine in float32 and bfloat16, (2) counts
+the floating-point work of one epoch from the data sizes and the config, (3) trains a few epochs
+timing each phase (generator training, graph generation, recommender training, evaluation),
+and (4) records peak memory. ``floor_s`` = FLOPs / measured matmul rate at the chosen precision.
+The last line printed is JSON, for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from diffmm.config import DiffMMConfig, TrainConfig
+from diffmm.data.dataset import RecDataset
+
+
+def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 7, device="cpu") -> float:
+    """Median FLOP/s of an (n x n) @ (n x n) product."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+@dataclass
+class EpochFlops:
+    generator_train: float
+    graph_generation: float
+    recommender: float
+    evaluation: float
+
+    @property
+    def total(self) -> float:
+        return self.generator_train + self.graph_generation + self.recommender + self.evaluation
+
+
+def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> EpochFlops:
+    """Dense matmul FLOPs of one DiffMM epoch (sparse products and elementwise work are ignored).
+
+    Denoiser: layers (I + t_dim) -> hidden... -> I; a forward costs 2 * sum(fan_in * fan_out) per
+    user, training adds ~2x for the backward pass; generation runs T forwards per user.
+    Contrastive: per BPR step and per InfoNCE term, (B x d) @ (d x N) forward plus 2 such backward.
+    """
+    U, I, M, d = dataset.n_users, dataset.n_items, len(dataset.item_features), cfg.dim
+    sizes = [I + cfg.time_dim, *cfg.denoiser_hidden, I]
+    forward = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # per user
+    msi = 2 * 2 * I * d if cfg.msi_weight else 0  # x0_hat @ e_m (the observed side is sparse)
+    generator_train = U * M * (3 * forward + 3 * msi) if cfg.generator == "diffusion" else 0
+    graph_generation = U * M * cfg.steps * forward if cfg.generator == "diffusion" else 0
+    steps = -(-dataset.train.nnz // train.batch_size)
+    B = train.batch_size
+    n_terms = M if cfg.cl_anchor == "main" else M * (M - 1) // 2
+    cl = steps * n_terms * 3 * 2 * B * d * (U + I) if cfg.cl_weight else 0
+    n_eval = int((dataset.valid.getnnz(axis=1) > 0).sum() + (dataset.test.getnnz(axis=1) > 0).sum())
+    evaluation = 2 * n_eval * d * I
+    return EpochFlops(generator_train, graph_generation, cl, evaluation)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs: int = 2,
+              precision: str = "fp32") -> dict:
+    """Train ``epochs`` epochs and return the measurements (phase times are medians over epochs)."""
+    from diffmm.models import DiffMM
+    from diffmm.train import Trainer
+    from diffmm.utils import resolve_device, seed_everything
+
+    device = str(resolve_device(train.device))
+    rates = {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
+    flops = epoch_flops(dataset, cfg, train)
+    seed_everything(train.seed)
+    model = DiffMM(dataset, cfg.replace(precision=precision))
+    trainer = Trainer(model, dataset, train.replace(epochs=epochs, eval_every=1, patience=0, progress=False))
+    result = trainer.fit()
+    h = result.history
+    phases = {"generator_train_s": "generator_train_s", "graph_generation_s": "graph_rebuild_s",
+              "recommender_s": "rec_s", "evaluation_s": "eval_s"}
+    out = {name: float(h[col].median()) for name, col in phases.items()}
+    out["evaluation_s"] /= 2  # the trainer evaluates valid and test; one full-ranking pass is half
+    epoch_s = out["generator_train_s"] + out["graph_generation_s"] + out["recommender_s"] + out["evaluation_s"]
+    rate = rates[precision]
+    out.update(epoch_s=epoch_s, floor_s=flops.total / rate, tflop_per_epoch=flops.total / 1e12,
+               gflops_fp32=rates["fp32"] / 1e9, gflops_bf16=rates["bf16"] / 1e9, precision=precision,
+               peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), device=device,
+               valid_recall20=float(h["valid_recall@20"].iloc[-1]), epochs=epochs,
+               flops={k: v / 1e12 for k, v in vars(flops).items()})
+    out["epoch_over_floor"] = out["epoch_s"] / out["floor_s"]
+    return out
+
+
+def format_table(r: dict) -> str:
+    f = r["flops"]
+    lines = [f"matmul rate: fp32 {r['gflops_fp32']:.0f} GFLOP/s, bf16 {r['gflops_bf16']:.0f} GFLOP/s "
+             f"({r['threads']} threads, {r['device']})",
+             f"{'phase':<20}{'time s':>10}{'TFLOP':>10}",
+             f"{'generator training':<20}{r['generator_train_s']:>10.2f}{f['generator_train']:>10.3f}",
+             f"{'graph generation':<20}{r['graph_generation_s']:>10.2f}{f['graph_generation']:>10.3f}",
+             f"{'recommender (BPR+CL)':<20}{r['recommender_s']:>10.2f}{f['recommender']:>10.3f}",
+             f"{'evaluation':<20}{r['evaluation_s']:>10.2f}{f['evaluation']:>10.3f}",
+             f"{'epoch':<20}{r['epoch_s']:>10.2f}{r['tflop_per_epoch']:>10.3f}",
+             f"floor ({r['precision']}): {r['floor_s']:.2f} s -> epoch / floor = {r['epoch_over_floor']:.2f}; "
+             f"peak RSS {r['peak_rss_mb']:.0f} MB"]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="time one DiffMM epoch by phase against the machine's floor")
+    p.add_argument("--data", required=True, help="dataset directory or registered name")
+    p.add_argument("--preset", default="tiktok")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args, extra) -> int:
+    from diffmm import datasets
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = datasets.load(args.data)
+    cfg = DiffMMConfig.preset(args.preset) if args.preset in DiffMMConfig.PRESETS else DiffMMConfig()
+    train = TrainConfig(**DiffMMConfig.TRAIN_PRESETS.get(args.preset, {}), device=args.device)
+    result = run_bench(dataset, cfg, train, args.epochs, args.precision)
+    print(format_table(result))
+    print(json.dumps(result))
+    return 0
