@@ -35,6 +35,16 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
+def _closest(items: np.ndarray, reference: np.ndarray, unit_features: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``items``: those most cosine-similar (max over ``reference``) to the reference items."""
+    if limit is None or len(items) <= limit:
+        return items
+    if len(reference) == 0:
+        return items[:limit]
+    closeness = (unit_features[items] @ unit_features[reference].T).max(1)  # (len(items),)
+    return np.sort(items[np.argsort(-closeness, kind="stable")[:limit]])
+
+
 def user_subgraph(model, dataset: RecDataset, user: int, modality: str | None = None,
                   max_items: int | None = 30) -> nx.MultiGraph:
     """The user, their training and test items, and the items each generated graph A^m links them to.
@@ -44,9 +54,10 @@ def user_subgraph(model, dataset: RecDataset, user: int, modality: str | None = 
         dataset: the dataset the model was trained on (train / test rows, item names).
         user: user id.
         modality: only this modality's generated edges; None (default) = every modality.
-        max_items: at most this many *training* items are kept (generated and test items always
-            are): those whose features in ``modality`` (default: the first one) are most similar
-            (cosine, max over the generated items) to the generated items. None keeps them all.
+        max_items: at most this many training items, and at most this many test items besides
+            the generated ones, are kept: those whose features in ``modality`` (default: the first
+            one) are most similar (cosine, max over the generated items) to the generated items.
+            Generated items are always kept. None keeps every item.
 
     Returns:
         A ``networkx.MultiGraph``. Nodes ``("user", u)`` and ``("item", i)`` with attributes
@@ -54,7 +65,8 @@ def user_subgraph(model, dataset: RecDataset, user: int, modality: str | None = 
         ``roles`` (sorted subset of 'train', 'test', 'generated:<m>'). One edge per source,
         keyed and attributed ``source`` = 'train' / 'test' / 'generated:<m>', so an item that is
         both a training item and generated has two edges. ``G.graph`` holds ``user``,
-        ``modalities``, ``n_train`` (before ``max_items``) and ``dropped_train_items``.
+        ``modalities``, ``n_train``, ``n_test`` (before ``max_items``), ``dropped_train_items`` and
+        ``dropped_test_items``.
     """
     generated = getattr(model, "generated", None)
     if not isinstance(generated, dict) or not generated:
@@ -66,18 +78,16 @@ def user_subgraph(model, dataset: RecDataset, user: int, modality: str | None = 
         if m not in generated:
             raise ValueError(f"unknown modality '{m}'; the model generated {list(generated)}")
     edges = {f"generated:{m}": generated[m][user].indices for m in modalities}  # (k,) items per modality
-    train = dataset.train[user].indices
-    added = np.unique(np.concatenate(list(edges.values()))) if edges else np.zeros(0, np.int64)
-    kept, dropped = train, 0
-    if max_items is not None and len(train) > max_items:
-        reference = added if len(added) else dataset.test[user].indices
-        feats = _unit_rows(dataset.item_features[modality or modalities[0]])
-        closeness = (feats[train] @ feats[reference].T).max(1) if len(reference) else -dataset.item_popularity()[train]
-        kept = np.sort(train[np.argsort(-closeness, kind="stable")[:max_items]])
-        dropped = len(train) - len(kept)
-    edges = {"train": kept, "test": dataset.test[user].indices, **edges}
+    added = np.unique(np.concatenate(list(edges.values())))
+    train, test = dataset.train[user].indices, dataset.test[user].indices
+    features = _unit_rows(dataset.item_features[modality or modalities[0]])
+    kept_train = _closest(train, added, features, max_items)
+    hits = np.intersect1d(test, added)  # generated test items are always kept
+    kept_test = np.union1d(hits, _closest(np.setdiff1d(test, added), added, features, max_items))
+    edges = {"train": kept_train, "test": kept_test, **edges}
 
-    G = nx.MultiGraph(user=int(user), modalities=modalities, n_train=len(train), dropped_train_items=dropped)
+    G = nx.MultiGraph(user=int(user), modalities=modalities, n_train=len(train), n_test=len(test),
+                      dropped_train_items=len(train) - len(kept_train), dropped_test_items=len(test) - len(kept_test))
     label = str(dataset.user_names[user]) if dataset.user_names is not None else f"user {user}"
     G.add_node(("user", int(user)), kind="user", index=int(user), label=label)
     for source, items in edges.items():
@@ -117,7 +127,7 @@ def _bend(source: str, modalities: Sequence[str]) -> float:
     return 0.12 * (1 + (list(modalities).index(m) if m in modalities else 0))
 
 
-def _short(text: str, width: int = 40) -> str:
+def _short(text: str, width: int = 36) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -173,11 +183,15 @@ def subgraph_figure(G: nx.MultiGraph, item_names: Sequence[str] | None = None, t
     fig = go.Figure(_subgraph_traces(G, item_names))
     _style_graph_axes(fig)
     n_items = sum(1 for _, d in G.nodes(data=True) if d["kind"] == "item")
-    dropped = G.graph.get("dropped_train_items", 0)
-    fig.update_layout(title=title or f"user {G.graph['user']}: training, test and generated items"
-                      + (f" ({dropped} training items not shown)" if dropped else ""),
+    fig.update_layout(title=title or f"user {G.graph['user']}: training, test and generated items" + _dropped_note(G),
                       height=max(400, 22 * n_items), template="plotly_white", legend_title_text="edge")
     return fig
+
+
+def _dropped_note(G: nx.MultiGraph) -> str:
+    dropped = [f"{G.graph.get(f'dropped_{s}_items', 0)} {s}" for s in ("train", "test")
+               if G.graph.get(f"dropped_{s}_items", 0)]
+    return f" ({' and '.join(dropped)} items not shown)" if dropped else ""
 
 
 def _style_graph_axes(fig: go.Figure, row: int | None = None, col: int | None = None) -> None:
@@ -253,10 +267,11 @@ def _unique_short(labels: Sequence[str], width: int = 28) -> list[str]:
 # -------------------------------------------------------------------- case study
 def case_users(model, dataset: RecDataset, n: int = 10, modality: str | None = None) -> np.ndarray:
     """Users worth a case study, best first: most generated items that are also test items (hits,
-    summed over modalities or for ``modality``), then most test items, then fewest training items."""
+    summed over modalities or for ``modality``), then fewest training items (sparse users are where
+    generated edges matter), then most test items."""
     modalities = list(model.generated) if modality is None else [modality]
     hits = sum(model.generated[m].multiply(dataset.test).tocsr().getnnz(axis=1) for m in modalities)  # (U,)
-    order = np.lexsort((dataset.user_activity(), -np.diff(dataset.test.indptr), -np.asarray(hits)))
+    order = np.lexsort((-np.diff(dataset.test.indptr), dataset.user_activity(), -np.asarray(hits)))
     return order[:n]
 
 
@@ -278,7 +293,7 @@ def case_study_figure(model, dataset: RecDataset, user: int, modality: str, max_
     items = [n[1] for n in _ordered_items(G)]
     sim = modality_similarity(dataset if features == "dataset" else model, items, modality)
     labels = [G.nodes[("item", i)]["label"] for i in items]
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.42, 0.58], horizontal_spacing=0.12,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.42, 0.58], horizontal_spacing=0.16,
                         subplot_titles=(f"user {user}: edges (generated by the {modality} diffusion)",
                                         f"{modality} cosine similarity of these items"))
     for trace in _subgraph_traces(G):
@@ -288,7 +303,8 @@ def case_study_figure(model, dataset: RecDataset, user: int, modality: str, max_
     fig.update_yaxes(autorange="reversed", row=1, col=2)
     fig.update_xaxes(tickangle=45, row=1, col=2)
     fig.update_layout(template="plotly_white", height=max(500, 24 * len(items) + 200), width=1300,
-                      legend=dict(orientation="h", y=-0.05), title=f"case study: user {user}, modality '{modality}'")
+                      legend=dict(x=0.0, y=1.0, xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0.8)"),
+                      title=f"case study: user {user}, modality '{modality}'" + _dropped_note(G))
     return fig
 
 

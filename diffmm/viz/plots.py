@@ -113,7 +113,8 @@ def sparsity_table(per_user_tables: Mapping[str, pd.DataFrame], bins: Sequence[f
     for model, table in per_user_tables.items():
         for column in ("n_train", metric):
             if column not in table.columns:
-                raise ValueError(f"per-user table of '{model}' has no column '{column}'; columns: {list(table.columns)}")
+                raise ValueError(f"per-user table of '{model}' has no column '{column}'; "
+                                 f"columns: {list(table.columns)}")
         which, labels = _activity_groups(table["n_train"].to_numpy(), edges)
         values = table[metric].to_numpy(dtype=np.float64)
         inside = which >= 0

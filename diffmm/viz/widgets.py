@@ -1,16 +1,20 @@
 """ipywidgets explorers. They import and build without a display; in a notebook they redraw live.
 
-Each figure is placed in an ``ipywidgets.Output`` by replacing its ``outputs`` (no ``print``,
-no ``clear_output`` escape codes), and the latest figures stay available as attributes, so
-code and tests can read what is shown.
+Each figure is placed in an ``ipywidgets.Output`` by replacing its ``outputs`` with plotly's
+mime bundle (``application/vnd.plotly.v1+json``, what JupyterLab's plotly renderer draws): no
+``print``, no ``clear_output`` escape codes, and no ``display`` call, which for a plotly figure
+would publish into the notebook cell instead of the widget. The latest figures stay available
+as attributes, so code and tests can read what is shown.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from diffmm.data.dataset import RecDataset
 from diffmm.viz.graphs import case_study_figure, case_users, denoising_figure, denoising_frame
@@ -18,8 +22,9 @@ from diffmm.viz.graphs import case_study_figure, case_users, denoising_figure, d
 
 def _show(output: widgets.Output, fig: go.Figure) -> None:
     """Replace what ``output`` shows with ``fig``."""
-    output.outputs = ()
-    output.append_display_data(fig)
+    bundle = {"application/vnd.plotly.v1+json": json.loads(pio.to_json(fig, validate=False)),
+              "text/plain": f"<plotly figure: {fig.layout.title.text}>"}
+    output.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
 class UserExplorer(widgets.VBox):

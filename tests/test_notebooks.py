@@ -1,0 +1,98 @@
+"""Execute the notebooks with small parameters, the way CI does.
+
+Parameters are injected papermill-style: a cell tagged ``injected-parameters`` is inserted right
+after the notebook's single ``parameters`` cell, so the notebook's own defaults stay untouched.
+The kernel is 'python3', which jupyter_client resolves to this interpreter when ipykernel is
+installed in it (checked by ``test_kernel_is_this_interpreter``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+TINY_TRAIN = {"batch_size": 1024, "progress": False}
+
+
+def execute(name: str, parameters: dict, timeout: int = 300) -> nbformat.NotebookNode:
+    """Run notebooks/<name> in notebooks/ with ``parameters`` overriding the defaults."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: expected one cell tagged 'parameters', found {len(tagged)}"
+    source = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+    nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()
+    return nb
+
+
+def html_names(folder: Path) -> set[str]:
+    return {p.stem for p in folder.glob("*.html")}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_is_committed_clean(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs; clear them"
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "FIGURES_DIR" in params[0].source
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_kernel_is_this_interpreter():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys; print(sys.prefix)")])
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    assert nb.cells[0].outputs[0]["text"].strip() == sys.prefix
+
+
+def test_01_train_diffmm(tmp_path):
+    figures = tmp_path / "figures"
+    execute("01_train_diffmm.ipynb", {"FIGURES_DIR": str(figures), "RUN_DIR": str(tmp_path / "runs"), "EPOCHS": 2,
+                                      "SYNTHETIC": {"n_users": 200, "n_items": 150}, "TRAIN_OVERRIDES": TINY_TRAIN})
+    assert html_names(figures) >= {"01_training_curves_diffmm", "01_training_curves_vs_lightgcn",
+                                   "01_modality_weights"}
+    assert (figures / "01_metrics.csv").read_text().count("\n") == 4  # header + DiffMM, LightGCN, optimistic
+    assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 2
+
+
+def test_04_case_study(tmp_path):
+    figures = tmp_path / "figures"
+    nb = execute("04_case_study.ipynb", {"DATA": "synthetic", "FIGURES_DIR": str(figures), "EPOCHS": 2,
+                                         "SYNTHETIC": {"n_users": 200, "n_items": 150},
+                                         "MODEL_OVERRIDES": {"dim": 16, "denoiser_hidden": (32,), "rebuild_k": 3},
+                                         "TRAIN_OVERRIDES": TINY_TRAIN})
+    names = html_names(figures)
+    assert {n.rsplit("_", 1)[1] for n in names if n.startswith("04_case_study_user")} == {"image", "text"}
+    kinds = [mime for o in nb.cells[-1].outputs for mime in o.get("data", {})]
+    assert "application/vnd.jupyter.widget-view+json" in kinds, "the explorer widget was not displayed"
+    assert "application/vnd.plotly.v1+json" not in kinds, "the explorer's figures leaked out of its Output widgets"
+
+
+@pytest.mark.slow
+def test_02_sparsity(tmp_path):
+    figures = tmp_path / "figures"
+    execute("02_sparsity.ipynb", {"FIGURES_DIR": str(figures), "CACHE_DIR": str(tmp_path / "runs"), "EPOCHS": 2,
+                                  "TRAIN_OVERRIDES": TINY_TRAIN})
+    assert html_names(figures) >= {"02_sparsity_recall_at_20", "02_sparsity_ndcg_at_20"}
+
+
+@pytest.mark.slow
+def test_03_fusion_ratio_and_hyperparameters(tmp_path):
+    figures = tmp_path / "figures"
+    execute("03_fusion_ratio_and_hyperparameters.ipynb",
+            {"FIGURES_DIR": str(figures), "CACHE_DIR": str(tmp_path / "runs"), "EPOCHS": 1,
+             "RHOS": [0.0, 1.0], "LAMBDA0S": [0.1, 1.0], "OMEGAS": [0.5, 1.0], "TAUS": [0.5], "LAMBDA1S": [0.01, 0.1],
+             "TRAIN_OVERRIDES": TINY_TRAIN}, timeout=600)
+    assert html_names(figures) >= {"03_fusion_ratio", "03_lambda0", "03_omega", "03_tau_lambda1_recall_at_20"}
+    # the default configuration is shared by every sweep and trained once: 1 + 1 + 1 + 1 + 1 runs
+    assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 5

@@ -1,0 +1,326 @@
+"""diffmm.viz: figures from hand-made tables, the generated subgraph, similarity, the explorer, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from diffmm.data import make_synthetic
+from diffmm.models import build_model
+from diffmm.viz import (case_study_figure, case_users, denoising_figure, denoising_frame, fusion_ratio_figure,
+                        hyperparameter_figure, hyperparameter_heatmap, modality_similarity, modality_weights_figure,
+                        save_figure, similarity_heatmap, sparsity_figure, sparsity_table, subgraph_figure,
+                        training_curves, user_subgraph)
+
+INF = float("inf")
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(n_users=60, n_items=40, mean_activity=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    """An untrained tiny DiffMM whose generated graphs were built once (no training needed for structure)."""
+    torch.manual_seed(0)
+    model = build_model("diffmm", data, {"dim": 8, "denoiser_hidden": (16,), "rebuild_k": 3})
+    model.generated = model.generate_graphs()
+    return model
+
+
+@pytest.fixture
+def per_user():
+    # n_train:       1    3    6    9    12   60
+    return pd.DataFrame({"user": range(6), "n_train": [1, 3, 6, 9, 12, 60], "n_test": 1,
+                         "recall@20": [0.0, 1.0, 0.5, 0.25, 0.0, 1.0], "ndcg@20": 0.5})
+
+
+def history(valid):
+    n = len(valid)
+    return pd.DataFrame({"epoch": np.arange(1, n + 1), "train_loss": np.linspace(1, 0.5, n),
+                         "train_bpr": np.linspace(0.7, 0.3, n), "valid_recall@20": valid,
+                         "test_recall@20": np.asarray(valid) + 0.01})
+
+
+# ------------------------------------------------------------------ sparsity
+def test_sparsity_table_hand_computed(per_user):
+    table = sparsity_table({"a": per_user}, bins=(0, 5, 10, 20, INF))
+    assert list(table["group"].astype(str)) == ["[0, 5)", "[5, 10)", "[10, 20)", "[20, inf)"]
+    assert list(table["users"]) == [2, 2, 1, 1]
+    np.testing.assert_allclose(table["value"], [0.5, 0.375, 0.0, 1.0])
+
+
+def test_sparsity_table_empty_group_and_outside_users(per_user):
+    table = sparsity_table({"a": per_user}, bins=(2, 4, 5, 10))  # n_train 1 and 12, 60 fall outside
+    assert list(table["users"]) == [1, 0, 2]
+    assert np.isnan(table["value"].iloc[1])
+    np.testing.assert_allclose(table["value"].iloc[[0, 2]], [1.0, 0.375])
+
+
+def test_sparsity_quantile_groups_share_edges(per_user):
+    other = per_user.assign(**{"recall@20": 1.0})
+    table = sparsity_table({"a": per_user, "b": other}, bins=2)  # median 7.5 -> edges 1, 8, inf
+    assert list(table["group"].cat.categories) == ["[1, 8)", "[8, inf)"]
+    assert list(table.loc[table["model"] == "a", "users"]) == [3, 3]
+    np.testing.assert_allclose(table.loc[table["model"] == "b", "value"], [1.0, 1.0])
+
+
+def test_sparsity_figure_bars_and_counts(per_user):
+    fig = sparsity_figure({"DiffMM": per_user, "LightGCN": per_user.assign(**{"recall@20": 0.1})},
+                          bins=(0, 5, 10, INF), metric="recall@20")
+    bars = [t for t in fig.data if isinstance(t, go.Bar)]
+    assert [b.name for b in bars] == ["DiffMM", "LightGCN"]
+    assert list(bars[0].x) == ["[0, 5)<br>n=2", "[5, 10)<br>n=2", "[10, inf)<br>n=2"]
+    np.testing.assert_allclose(bars[1].y, [0.1, 0.1, 0.1])
+    counts = [t for t in fig.data if t.name == "users"][0]
+    assert list(counts.y) == [2, 2, 2]
+
+
+def test_sparsity_errors_name_the_problem(per_user):
+    with pytest.raises(ValueError, match="no column 'recall@10'"):
+        sparsity_table({"a": per_user}, metric="recall@10")
+    with pytest.raises(ValueError, match="increasing edges"):
+        sparsity_table({"a": per_user}, bins=(5, 0))
+
+
+# ---------------------------------------------------------- hyperparameters
+def test_fusion_ratio_accepts_bare_and_sweep_columns():
+    bare = pd.DataFrame({"rho": [1.0, 0.0, 0.5], "recall@20": [0.3, 0.1, 0.2], "ndcg@20": [0.03, 0.01, 0.02]})
+    sweep_style = bare.rename(columns={"recall@20": "test_recall@20", "ndcg@20": "test_ndcg@20"})
+    for table in (bare, sweep_style):
+        fig = fusion_ratio_figure(table)
+        assert len(fig.data) == 2
+        assert list(fig.data[0].x) == ["0", "0.5", "1"]  # sorted by rho
+        np.testing.assert_allclose(fig.data[0].y, [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="no column 'hit@20' or 'test_hit@20'"):
+        fusion_ratio_figure(bare, metrics=("hit@20",))
+
+
+def test_hyperparameter_figure_one_line_per_group():
+    table = pd.DataFrame({"omega": [0.1, 0.5, 0.1, 0.5], "dataset": ["a", "a", "b", "b"],
+                          "recall@20": [0.1, 0.2, 0.3, 0.4]})
+    fig = hyperparameter_figure(table, "omega", metrics=("recall@20",), by="dataset")
+    assert [t.name for t in fig.data] == ["a", "b"]
+    np.testing.assert_allclose(fig.data[1].y, [0.3, 0.4])
+    with pytest.raises(ValueError, match="no column 'lambda0'"):
+        hyperparameter_figure(table, "lambda0")
+
+
+def test_hyperparameter_heatmap_averages_repeats():
+    table = pd.DataFrame({"temperature": [0.1, 0.1, 0.5, 0.1], "cl_weight": [0.01, 0.1, 0.01, 0.01],
+                          "test_recall@20": [0.2, 0.3, 0.4, 0.4]})
+    fig = hyperparameter_heatmap(table, "temperature", "cl_weight", "recall@20")
+    heat = fig.data[0]
+    assert list(heat.x) == ["0.01", "0.1"] and list(heat.y) == ["0.1", "0.5"]
+    z = np.array(heat.z, dtype=float)
+    np.testing.assert_allclose(z[0], [0.3, 0.3])  # (0.2 + 0.4) / 2 and 0.3
+    assert z[1, 0] == pytest.approx(0.4) and np.isnan(z[1, 1])
+
+
+# ----------------------------------------------------------- training curves
+def test_training_curves_marks_best_validation_epoch():
+    fig = training_curves(history([0.1, 0.4, 0.3, 0.4]))  # ties: the first best epoch, as the Trainer
+    star = [t for t in fig.data if t.name and t.name.startswith("best valid epoch")]
+    assert len(star) == 1 and star[0].name == "best valid epoch 2" and list(star[0].y) == [0.4]
+    assert {t.name for t in fig.data} >= {"train_loss", "train_bpr", "valid recall@20", "test recall@20"}
+    assert any(shape.x0 == 2.0 for shape in fig.layout.shapes)
+
+
+def test_training_curves_compares_runs():
+    fig = training_curves({"DiffMM": history([0.1, 0.5]), "LightGCN": history([0.3, 0.2])}, losses=["train_bpr"])
+    names = {t.name for t in fig.data}
+    assert {"DiffMM: best valid epoch 2", "LightGCN: best valid epoch 1", "LightGCN: train_bpr"} <= names
+
+
+def test_modality_weights_flat_and_nested():
+    flat = modality_weights_figure({"image": 0.7, "text": 0.3})
+    assert list(flat.data[0].x) == ["image", "text"] and list(flat.data[0].y) == [0.7, 0.3]
+    nested = modality_weights_figure({"run a": {"image": 0.5, "audio": 0.5}, "run b": {"image": 0.9, "audio": 0.1}})
+    assert [t.name for t in nested.data] == ["run a", "run b"]
+
+
+def test_save_figure_html_always(tmp_path):
+    fig = modality_weights_figure({"image": 0.5, "text": 0.5})
+    written = save_figure(fig, tmp_path / "sub" / "weights.png", png=False)
+    assert written == [tmp_path / "sub" / "weights.html"]
+    assert "plotly" in written[0].read_text()[:5000].lower()
+    assert (tmp_path / "sub" / "plotly.min.js").exists()  # one shared bundle: the folder opens offline
+
+
+def test_save_figure_png_when_asked(tmp_path):
+    fig = modality_weights_figure({"image": 0.5, "text": 0.5})
+    try:
+        written = save_figure(fig, tmp_path / "w", png=True)
+    except RuntimeError as error:  # no kaleido / Chrome here: the error says how to get it
+        assert "kaleido" in str(error) and not (tmp_path / "w.png").exists()
+    else:
+        assert written[1] == tmp_path / "w.png" and written[1].stat().st_size > 0
+
+
+# ------------------------------------------------------------------ subgraph
+def test_user_subgraph_holds_train_test_and_exactly_the_generated_edges(model, data):
+    user = int(np.argmax(data.user_activity()))
+    G = user_subgraph(model, data, user, max_items=None)
+    by_source = {}
+    for a, b, key, attrs in G.edges(keys=True, data=True):
+        assert key == attrs["source"] and ("user", user) in (a, b)
+        item = b[1] if a[0] == "user" else a[1]
+        by_source.setdefault(key, set()).add(item)
+    assert by_source["train"] == set(data.train[user].indices)
+    assert by_source.get("test", set()) == set(data.test[user].indices)
+    for m in model.modalities:
+        assert by_source[f"generated:{m}"] == set(model.generated[m][user].indices)
+        assert len(by_source[f"generated:{m}"]) == 3  # rebuild_k
+    assert set(by_source) == {"train", "test", *(f"generated:{m}" for m in model.modalities)} - (
+        set() if data.test[user].nnz else {"test"})
+    for node, attrs in G.nodes(data=True):  # roles on the nodes agree with the edges
+        if attrs["kind"] == "item":
+            assert attrs["roles"] == sorted(s for s, items in by_source.items() if node[1] in items)
+
+
+def test_user_subgraph_one_modality_and_max_items(model, data):
+    user = int(np.argmax(data.user_activity()))
+    m = model.modalities[1]
+    G = user_subgraph(model, data, user, modality=m, max_items=2)
+    sources = [k for *_, k in G.edges(keys=True)]
+    assert sources.count("train") == 2 and G.graph["dropped_train_items"] == data.train[user].nnz - 2
+    assert {s for s in sources if s.startswith("generated")} == {f"generated:{m}"}
+    assert sources.count(f"generated:{m}") == 3
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
+        user_subgraph(model, data, user, modality="audio")
+
+
+def test_user_subgraph_caps_test_items_but_keeps_generated_hits(model, data):
+    user = int(np.argmax(np.diff(data.test.indptr)))
+    G = user_subgraph(model, data, user, max_items=1)
+    test = {b[1] for _, b, key in G.edges(keys=True) if key == "test"}
+    generated = set(np.concatenate([model.generated[m][user].indices for m in model.modalities]).tolist())
+    hits = set(data.test[user].indices) & generated
+    assert test - hits and len(test - hits) == 1 and hits <= test
+    assert G.graph["dropped_test_items"] == data.test[user].nnz - len(test)
+
+
+def test_subgraph_figure_draws_every_source(model, data):
+    G = user_subgraph(model, data, 0)
+    fig = subgraph_figure(G, item_names=[f"movie {i}" for i in range(data.n_items)])
+    lines = {t.name for t in fig.data if t.mode == "lines"}
+    assert lines == {attrs["source"] for *_, attrs in G.edges(keys=True, data=True)}
+    items = [t for t in fig.data if t.name == "items"][0]
+    assert len(items.x) == G.number_of_nodes() - 1 and all(s.startswith("movie ") for s in items.text)
+
+
+# ---------------------------------------------------------------- similarity
+@pytest.mark.parametrize("source", ["dataset", "model"])
+def test_modality_similarity_is_cosine(model, data, source):
+    items = [3, 0, 17, 3, 25]
+    sim = modality_similarity(data if source == "dataset" else model, items, "image")
+    assert sim.shape == (5, 5)
+    np.testing.assert_array_equal(sim, sim.T)
+    np.testing.assert_array_equal(np.diag(sim), 1.0)
+    if source == "dataset":  # independent float64 computation
+        x = data.item_features["image"][items].astype(np.float64)
+        expected = (x @ x.T) / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(x, axis=1))
+        np.testing.assert_allclose(sim, expected, atol=1e-12)
+    assert sim[0, 3] == pytest.approx(1.0)  # the same item twice
+
+
+def test_similarity_of_a_zero_row_keeps_unit_diagonal(data):
+    import dataclasses
+
+    feats = data.item_features["text"].copy()
+    feats[5] = 0.0
+    zeroed = dataclasses.replace(data, item_features={"text": feats})
+    sim = modality_similarity(zeroed, [5, 6], "text")
+    np.testing.assert_array_equal(sim, [[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_similarity_heatmap_checks_labels():
+    fig = similarity_heatmap(np.eye(2), ["Toy Story (1995)", "Toy Story (1995)"])
+    assert list(fig.data[0].x) == ["Toy Story (1995)", "Toy Story (1995) (2)"]  # duplicates stay distinct
+    with pytest.raises(ValueError, match="3 labels for a \\(2, 2\\) matrix"):
+        similarity_heatmap(np.eye(2), ["a", "b", "c"])
+
+
+def test_case_study_figure(model, data):
+    user = int(case_users(model, data, 1)[0])
+    fig = case_study_figure(model, data, user, "text", max_items=4)
+    heat = [t for t in fig.data if isinstance(t, go.Heatmap)][0]
+    items = [t for t in fig.data if t.name == "items"][0]
+    assert np.array(heat.z).shape == (len(items.x), len(items.x))
+    assert "generated:text" in {t.name for t in fig.data}
+
+
+def test_case_users_rank_hits_first(model, data):
+    hits = sum(model.generated[m].multiply(data.test).tocsr().getnnz(axis=1) for m in model.modalities)
+    users = case_users(model, data, 5)
+    assert hits[users[0]] == hits.max()
+    assert list(hits[users]) == sorted(hits[users], reverse=True)
+
+
+# ------------------------------------------------------------- denoising
+def test_denoising_frame_top_items_are_the_generated_edges(model, data):
+    user, m = 4, "image"
+    frame = denoising_frame(model, data, user, m, top=5)
+    T = model.config.steps
+    assert sorted(frame["step"].unique()) == list(range(T + 1)) and (frame["t"] == T - frame["step"]).all()
+    final = frame[frame["step"] == T].sort_values("rank")
+    assert final["score"].is_monotonic_decreasing
+    # A^m holds each user's top-k denoised items, so the first k ranks are exactly its edges
+    assert set(final["item"].iloc[:3]) == set(model.generated[m][user].indices)
+    assert final["role"].iloc[:3].str.contains("generated").all()
+    start = frame[frame["step"] == 0]  # the observed vector: 1 on training items, 0 elsewhere
+    expected = np.isin(start["item"], data.train[user].indices).astype(float)
+    np.testing.assert_allclose(start["score"], expected)
+    fig = denoising_figure(frame, 0)
+    assert "reverse step 0/" in fig.layout.title.text and len(fig.data[0].y) == 5
+    with pytest.raises(ValueError, match="step must be in"):
+        denoising_figure(frame, T + 1)
+
+
+# ------------------------------------------------------------------ widget
+def test_explorer_redraws_on_value_change(model, data):
+    pytest.importorskip("ipywidgets")
+    from diffmm.viz.widgets import explore_users
+
+    explorer = explore_users(model, data, users=[1, 2, 3])
+    first_case, first_steps = explorer.case_figure, explorer.denoising_figure
+    assert len(explorer.case_output.outputs) == 1 and explorer.step.value == model.config.steps
+    explorer.user.value = 3
+    assert explorer.case_figure is not first_case and "user 3" in explorer.case_figure.layout.title.text
+    assert set(explorer.frame["item"]) >= set(model.generated[explorer.modality.value][3].indices)
+    explorer.step.value = 0
+    assert explorer.denoising_figure is not first_steps
+    assert "reverse step 0/" in explorer.denoising_figure.layout.title.text
+    explorer.modality.value = "text"
+    assert "'text'" in explorer.case_figure.layout.title.text
+    assert len(explorer.case_output.outputs) == 1 and len(explorer.denoising_output.outputs) == 1
+    shown = explorer.denoising_output.outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert shown["layout"]["title"]["text"] == explorer.denoising_figure.layout.title.text
+
+
+# --------------------------------------------------------------------- CLI
+def test_figures_cli(tmp_path, per_user, capsys):
+    from diffmm.cli import main
+
+    runs = []
+    for name, valid in (("diffmm", [0.1, 0.3]), ("lightgcn", [0.2, 0.1])):
+        run = tmp_path / name
+        run.mkdir()
+        history(valid).to_csv(run / "history.csv", index=False)
+        per_user.to_csv(run / "per_user_test.csv", index=False)
+        (run / "metrics.json").write_text(json.dumps({"model": name, "best_epoch": 1}))
+        runs += ["--run", str(run)]
+    out = tmp_path / "figures"
+    assert main(["figures", *runs, "--out", str(out), "--no-png", "--bins", "0,5,inf"]) == 0
+    assert {p.name for p in out.glob("*.html")} == {"training_curves.html", "sparsity.html"}
+    assert str(out / "sparsity.html") in capsys.readouterr().out
+    (tmp_path / "lightgcn" / "per_user_test.csv").unlink()
+    assert main(["figures", *runs, "--out", str(out)]) == 2
+    assert "per_user_test.csv is missing" in capsys.readouterr().err
