@@ -40,18 +40,22 @@ def posterior_coefficients(betas, t: int) -> tuple[float, float]:
             math.sqrt(bars[t - 1]) * beta / (1 - bars[t]))
 
 
+def dense(x: torch.Tensor) -> torch.Tensor:
+    return x.to_dense() if x.is_sparse else x  # reverse() may hand the observed vector over as sparse
+
+
 class Half(nn.Module):
     """A deterministic stub denoiser: x0_hat = 0.5 * x."""
 
     def forward(self, x, t):
-        return 0.5 * x
+        return 0.5 * dense(x)
 
 
 class TimeAffine(nn.Module):
     """A deterministic stub that depends on t, so the order of steps matters: 0.5 x + 0.1 t."""
 
     def forward(self, x, t):
-        return 0.5 * x + 0.1 * t.to(x.dtype)[:, None]
+        return 0.5 * dense(x) + 0.1 * t.to(x.dtype)[:, None]
 
 
 # ------------------------------------------------------------------------------------------ Eq. 3
@@ -348,14 +352,19 @@ def test_denoiser_shapes_and_eval_forward_by_hand():
     t = torch.tensor([1, 2, 5])
     out = denoiser(x, t)
     assert out.shape == (3, 9)
-    # by hand, float64: [x, W_e emb(t) + b_e] -> tanh(L1) -> tanh(L2) -> L3
+    assert torch.allclose(denoiser(x.to_sparse(), t), out, atol=1e-6)  # sparse input: same function
+    # by hand, float64: layer 0 acts on the concatenation [x, W_e emb(t) + b_e]; its weight is stored
+    # as two blocks (items: layers[0], step embedding: time_in) -> tanh -> L1 -> tanh -> L2
     def lin(layer, h):
-        return h @ layer.weight.detach().double().numpy().T + layer.bias.detach().double().numpy()
+        out = h @ layer.weight.detach().double().numpy().T
+        return out + layer.bias.detach().double().numpy() if layer.bias is not None else out
     half = 2
     emb = np.array([[math.cos(s * 10000.0 ** (-k / half)) for k in range(half)]
                     + [math.sin(s * 10000.0 ** (-k / half)) for k in range(half)] for s in [1, 2, 5]])
-    h = np.concatenate([x.double().numpy(), lin(denoiser.time_proj, emb)], axis=1)
-    h = np.tanh(lin(denoiser.layers[0], h))
+    w0 = np.concatenate([denoiser.layers[0].weight.detach().double().numpy(),
+                         denoiser.time_in.weight.detach().double().numpy()], axis=1)  # (7, 9 + 4)
+    h = np.concatenate([x.double().numpy(), lin(denoiser.time_proj, emb)], axis=1) @ w0.T
+    h = np.tanh(h + denoiser.layers[0].bias.detach().double().numpy())
     h = np.tanh(lin(denoiser.layers[1], h))
     h = lin(denoiser.layers[2], h)
     np.testing.assert_allclose(out.detach().double().numpy(), h, rtol=1e-5, atol=1e-6)

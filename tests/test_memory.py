@@ -1,0 +1,133 @@
+"""Sparse stays sparse: no dense users x items matrix is ever allocated by a DiffMM epoch + evaluation.
+
+Two checks:
+- default (fast): every strided torch tensor created during one epoch and one evaluation is
+  recorded by a ``TorchDispatchMode``, and so is every dense array scipy hands out; none may
+  hold n_users * n_items elements. Only one batch of rows is ever dense.
+- slow (~5 min on 2 shared cores: one epoch is O(users x items) denoiser work, in batches):
+  20000 users x 20000 items (dense float32: 1.6 GB) in a fresh subprocess; the peak RSS increase
+  over the epoch + evaluation must stay far below the dense size. The BPR batch is the authors'
+  1024: the InfoNCE logits are (batch, n_users), so a batch near n_users is itself users-sized.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from diffmm.config import DiffMMConfig, TrainConfig
+from diffmm.data.dataset import RecDataset
+from diffmm.models.diffmm import DiffMM
+from diffmm.train import Trainer
+
+
+def sparse_dataset(n_users: int, n_items: int, per_user: int, seed: int = 0) -> RecDataset:
+    """Each user gets ``per_user`` distinct random items (built sparse, never dense)."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), per_user)
+    items = (rng.integers(0, n_items, size=n_users)[:, None] + np.arange(per_user) * 7919).ravel() % n_items
+    split = rng.random(len(users))
+    mats = [sp.csr_matrix((np.ones(int(mask.sum()), np.float32), (users[mask], items[mask])), shape=(n_users, n_items))
+            for mask in (split < 0.7, (split >= 0.7) & (split < 0.85), split >= 0.85)]
+    feats = {"image": rng.normal(size=(n_items, 4)).astype(np.float32),
+             "text": rng.normal(size=(n_items, 3)).astype(np.float32)}
+    return RecDataset(*mats, item_features=feats, name="sparse")
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest strided (dense) tensor any aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.numel() > self.largest:
+                self.largest, self.op = t.numel(), str(func)
+        return out
+
+
+def test_no_dense_users_by_items_tensor(monkeypatch):
+    n_users, n_items = 400, 300
+    data = sparse_dataset(n_users, n_items, per_user=5)
+    cells = n_users * n_items
+    dense_arrays = []
+    for cls in (sp.csr_matrix, sp.coo_matrix, sp.csc_matrix):
+        for name in ("toarray", "todense"):
+            original = getattr(cls, name)
+
+            def spy(self, *args, _original=original, **kwargs):
+                out = _original(self, *args, **kwargs)
+                dense_arrays.append(out.size)
+                return out
+
+            monkeypatch.setattr(cls, name, spy)
+    torch.manual_seed(0)
+    cfg = DiffMMConfig(dim=8, denoiser_hidden=(16,), time_dim=4, generator_batch_size=64)
+    model = DiffMM(data, cfg)
+    # batches below min(n_users, n_items), so legitimate (batch, n_users) / (batch, n_items) blocks
+    # (InfoNCE logits, denoiser rows, evaluation scores) stay smaller than users x items
+    trainer = Trainer(model, data, TrainConfig(epochs=1, batch_size=128, eval_batch_size=64, progress=False,
+                                               device="cpu", ks=(10,), metric="recall@10"))
+    guard = LargestTensor()
+    with guard:
+        trainer.train_epoch()
+        metrics = trainer.evaluate("test").metrics
+    assert np.isfinite(metrics["recall@10"])
+    assert guard.largest > 0  # the mode really saw the ops
+    # a (batch, n_items) block is fine; n_users * n_items is not
+    assert guard.largest < cells, f"{guard.largest} elements from {guard.op} (users x items = {cells})"
+    assert max(dense_arrays, default=0) < cells
+
+
+SCRIPT = textwrap.dedent("""
+    import json, resource, sys, time
+    sys.path.insert(0, {tests!r})
+    import torch
+    from test_memory import sparse_dataset
+    from diffmm.config import DiffMMConfig, TrainConfig
+    from diffmm.models.diffmm import DiffMM
+    from diffmm.train import Trainer
+
+    data = sparse_dataset({n_users}, {n_items}, per_user=5)
+    torch.manual_seed(0)
+    model = DiffMM(data, DiffMMConfig(dim=16, denoiser_hidden=(16,), time_dim=4, generator_batch_size=256))
+    trainer = Trainer(model, data, TrainConfig(epochs=1, batch_size=1024, eval_batch_size=256, progress=False,
+                                               device="cpu", ks=(20,), metric="recall@20"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    t0 = time.perf_counter()
+    trainer.train_epoch()
+    recall = trainer.evaluate("test").metrics["recall@20"]
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(dict(before_kib=before, after_kib=after, recall=recall, seconds=time.perf_counter() - t0)))
+""")
+
+
+def peak_rss_increase(n_users: int, n_items: int, tmp_path) -> dict:
+    from pathlib import Path
+
+    script = SCRIPT.format(tests=str(Path(__file__).parent), n_users=n_users, n_items=n_items)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_peak_rss_far_below_dense_matrix_20k_by_20k(tmp_path):
+    n_users = n_items = 20_000
+    dense_gb = n_users * n_items * 4 / 1e9  # 1.6 GB
+    out = peak_rss_increase(n_users, n_items, tmp_path)
+    increase_gb = (out["after_kib"] - out["before_kib"]) * 1024 / 1e9
+    assert np.isfinite(out["recall"])
+    assert increase_gb < dense_gb / 2, f"peak RSS grew by {increase_gb:.2f} GB (dense matrix: {dense_gb:.1f} GB)"
