@@ -52,7 +52,7 @@ class TrainConfig(ConfigBase):
     patience: int = 10  # stop after this many validations without improvement (0 = never stop early)
     metric: str = "recall@20"  # validation metric that selects the best epoch
     ks: tuple[int, ...] = (10, 20, 50)  # cut-offs for Recall/NDCG/Precision/Hit
-    eval_batch_size: int = 4096  # users per evaluation batch
+    eval_batch_size: int = 1024  # users per evaluation batch
     seed: int = 2024  # seeds torch, numpy and the negative sampler
     device: str = "auto"  # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...
     progress: bool = True  # tqdm progress bars

@@ -93,3 +93,29 @@ def test_per_user_table_and_topk_export(tmp_path):
     assert frame[frame.user == 0].item.tolist() == [1, 2]
     path = export_topk(r, tmp_path / "top.csv")
     assert path.read_text().splitlines()[0] == "user,rank,item,score"
+
+
+def test_matches_a_naive_per_user_implementation():
+    from diffmm.data.synthetic import make_synthetic
+
+    data = make_synthetic(n_users=120, n_items=80, seed=4)
+    table = torch.randn(data.n_users, data.n_items)
+    r = evaluate(fixed_scores(table), data, "test", ks=(5, 20), batch_size=7)
+    seen = (data.train + data.valid).toarray() > 0
+    test = data.test.toarray() > 0
+    expected = {"recall@20": [], "ndcg@5": [], "precision@5": [], "hit@20": []}
+    for u in range(data.n_users):
+        truth = set(np.flatnonzero(test[u]))
+        if not truth:
+            continue
+        scores = table[u].numpy().copy()
+        scores[seen[u]] = -np.inf
+        ranked = list(np.argsort(-scores, kind="stable"))
+        top20, top5 = ranked[:20], ranked[:5]
+        expected["recall@20"].append(len(truth & set(top20)) / len(truth))
+        expected["hit@20"].append(float(bool(truth & set(top20))))
+        expected["precision@5"].append(len(truth & set(top5)) / 5)
+        dcg = sum(1 / math.log2(i + 2) for i, item in enumerate(top5) if item in truth)
+        expected["ndcg@5"].append(dcg / sum(1 / math.log2(i + 2) for i in range(min(len(truth), 5))))
+    for name, values in expected.items():
+        assert r[name] == pytest.approx(np.mean(values)), name
