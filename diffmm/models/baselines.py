@@ -39,24 +39,36 @@ class EmbeddingModel(Recommender):
         self.user_embedding = nn.Parameter(torch.randn(self.n_users, dim) * init_std)
         self.item_embedding = nn.Parameter(torch.randn(self.n_items, dim) * init_std)
 
+    def item_bias(self, items: torch.Tensor) -> torch.Tensor | float:
+        return 0.0
+
     def loss(self, users, positives, negatives):
         users_emb, items_emb = self.final_embeddings()
         u, i, j = users_emb[users], items_emb[positives], items_emb[negatives]  # (B, d)
-        rec = bpr((u * i).sum(-1), (u * j).sum(-1))
+        rec = bpr((u * i).sum(-1) + self.item_bias(positives), (u * j).sum(-1) + self.item_bias(negatives))
         reg = 0.5 * (self.user_embedding[users].square().sum() + self.item_embedding[positives].square().sum()
                      + self.item_embedding[negatives].square().sum()) / len(users)
         return {"loss": rec + self.l2 * reg, "bpr": rec, "l2": reg}
 
 
 class MF(EmbeddingModel):
-    """MF-BPR: score(u, i) = <e_u, e_i> (Rendle et al., UAI 2009)."""
+    """MF-BPR: score(u, i) = <e_u, e_i> + b_i (Rendle et al., UAI 2009; b_i optional)."""
 
     def __init__(self, dataset: RecDataset, config: MFConfig | None = None):
         self.config = config or MFConfig()
         super().__init__(dataset, self.config.dim, self.config.l2, self.config.init_std)
+        self.bias = nn.Parameter(torch.zeros(self.n_items)) if self.config.item_bias else None
+
+    def item_bias(self, items):
+        return self.bias[items] if self.bias is not None else 0.0
 
     def final_embeddings(self):
         return self.user_embedding, self.item_embedding
+
+    @torch.no_grad()
+    def scorer(self):
+        bias = self.bias if self.bias is not None else torch.zeros(self.n_items, device=self.device)
+        return lambda users: self.user_embedding[users] @ self.item_embedding.T + bias
 
     def __repr__(self):
         return f"MF(users={self.n_users}, items={self.n_items}, dim={self.config.dim})"
