@@ -132,8 +132,8 @@ def make_synthetic(n_users: int = 2000, n_items: int = 1000, n_groups: int = 8,
         signal = (signal - signal.mean(0)) / signal.std()
         features[modality] = (snr * signal + frng.normal(size=signal.shape)).astype(np.float32)
 
-    dataset = RecDataset(**splits, item_features=features, name=name, source=f"make_synthetic(seed={seed})")
-    if return_groups:
-        return dataset, {"user_groups": user_groups, "item_groups": item_groups,
-                         "user_factors": user_factors, "item_factors": item_factors}
-    return dataset
+    groups = {"user_groups": user_groups, "item_groups": item_groups,
+              "user_factors": user_factors, "item_factors": item_factors}
+    dataset = RecDataset(**splits, item_features=features, name=name, source=f"make_synthetic(seed={seed})",
+                         meta=groups)  # the planted truth, for analysis
+    return (dataset, groups) if return_groups else dataset
