@@ -78,7 +78,7 @@ def cmd_quickstart(args, extra) -> int:
     from diffmm.experiments import build_run_config, run
 
     dataset = _load_data(args.data)
-    overrides = {"epochs": str(args.epochs), "progress": "false", **_overrides(extra)}
+    overrides = {"epochs": str(args.epochs), "lr": str(args.lr), "progress": "false", **_overrides(extra)}
     rows, per_user, histories = [], {}, {}
     print(dataset)
     for model in ("popularity", "mf", "lightgcn", "diffmm"):
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.set_defaults(func=cmd_evaluate)
     quick = sub.add_parser("quickstart", help="train popularity, MF, LightGCN and DiffMM; table + figures")
     quick.add_argument("--data", default="synthetic", help="dataset directory or registered name")
-    quick.add_argument("--epochs", type=int, default=20)
+    quick.add_argument("--epochs", type=int, default=10)
+    quick.add_argument("--lr", type=float, default=5e-3, help="learning rate (higher than the paper's for a short run)")
     quick.add_argument("--out", default="runs/quickstart")
     quick.add_argument("--figures", default="figures/quickstart")
     quick.set_defaults(func=cmd_quickstart)

@@ -112,17 +112,19 @@ class Trainer:
         t1 = time.perf_counter()
         totals: dict[str, float] = {}
         n_batches = self.sampler.n_batches(cfg.batch_size)
-        steps = tqdm(self.sampler.epoch(cfg.batch_size, self.rng), total=n_batches, disable=not cfg.progress,
+        # the epoch's triples go to the device once; batches are views of them
+        triples = torch.from_numpy(np.stack(self.sampler.epoch_triples(self.rng))).to(self.device)  # (3, nnz)
+        steps = tqdm(triples.split(cfg.batch_size, dim=1), total=n_batches, disable=not cfg.progress,
                      desc=f"epoch {self.epoch}", leave=False)
         optimizer = self.optimizers["rec"]
         for users, positives, negatives in steps:
-            batch = [torch.from_numpy(a).to(self.device) for a in (users, positives, negatives)]
-            losses = model.loss(*batch)
+            losses = model.loss(users, positives, negatives)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
             for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
+                totals[name] = totals.get(name, 0.0) + value.detach()
+        totals = {name: float(value) for name, value in totals.items()}  # one device sync per epoch
         record.update({f"train_{name}": value / n_batches for name, value in totals.items()})
         record.update(before_epoch_s=t1 - t0, rec_s=time.perf_counter() - t1)
         return record

@@ -49,12 +49,16 @@ class NegativeSampler:
             todo = todo[self.is_positive(users[todo], negatives[todo])]
         raise RuntimeError(f"negative sampling did not converge after {self.max_rounds} rounds")
 
-    def epoch(self, batch_size: int, rng: np.random.Generator):
-        """Yield shuffled (users, positives, negatives) int64 batches covering every training pair once."""
+    def epoch_triples(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every training pair once, shuffled, with one sampled negative each: (users, positives, negatives)."""
         order = rng.permutation(len(self.users))
         users, positives = self.users[order], self.items[order]
-        negatives = self.sample(users, rng)
-        for start in range(0, len(order), batch_size):
+        return users, positives, self.sample(users, rng)
+
+    def epoch(self, batch_size: int, rng: np.random.Generator):
+        """Yield shuffled (users, positives, negatives) int64 batches covering every training pair once."""
+        users, positives, negatives = self.epoch_triples(rng)
+        for start in range(0, len(users), batch_size):
             end = start + batch_size
             yield users[start:end], positives[start:end], negatives[start:end]
 
