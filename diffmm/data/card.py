@@ -14,7 +14,8 @@ def dataset_card(*datasets: RecDataset) -> pd.DataFrame:
     """Table 1 of the paper: one row per dataset.
 
     Columns: ``users``, ``items``, ``interactions`` (all splits), ``train``, ``valid``,
-    ``test``, ``sparsity (%)`` = 100 * (1 - interactions / (users * items)),
+    ``test``, ``sparsity (%)`` = 100 * (1 - interactions / (users * items)), users and items
+    without a training interaction,
     ``modalities`` (e.g. ``'image:128, audio:128'``) and one ``<modality> dim`` column per
     modality (empty where a dataset lacks it). Index: the dataset names.
     """
@@ -26,6 +27,8 @@ def dataset_card(*datasets: RecDataset) -> pd.DataFrame:
         total = sum(counts.values())
         row = {"dataset": data.name, "users": data.n_users, "items": data.n_items, "interactions": total,
                **counts, "sparsity (%)": 100.0 * (1.0 - total / (data.n_users * data.n_items)),
+               "users without train": int((data.user_activity() == 0).sum()),
+               "items without train": int((data.item_popularity() == 0).sum()),
                "modalities": ", ".join(f"{m}:{f.shape[1]}" for m, f in data.item_features.items())}
         row.update({f"{m} dim": f.shape[1] for m, f in data.item_features.items()})
         rows.append(row)

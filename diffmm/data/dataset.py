@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -135,22 +135,12 @@ class RecDataset:
         return np.bincount(self.train.indices, minlength=self.n_items)
 
     def stats(self) -> pd.DataFrame:
-        """The paper's Table 1 for this dataset, one row per statistic."""
-        total = sum(self.split(s).nnz for s in SPLITS)
-        rows = {
-            "users": self.n_users,
-            "items": self.n_items,
-            "train interactions": self.train.nnz,
-            "valid interactions": self.valid.nnz,
-            "test interactions": self.test.nnz,
-            "interactions": total,
-            "sparsity": f"{100 * (1 - total / (self.n_users * self.n_items)):.3f}%",
-            "users without train interactions": int((self.user_activity() == 0).sum()),
-            "items without train interactions": int((self.item_popularity() == 0).sum()),
-        }
-        for modality, feats in self.item_features.items():
-            rows[f"{modality} dim"] = feats.shape[1]
-        return pd.DataFrame({"statistic": list(rows), self.name: list(rows.values())}).set_index("statistic")
+        """The paper's Table 1 for this dataset, one row per statistic (see :func:`diffmm.data.card.dataset_card`)."""
+        from diffmm.data.card import dataset_card
+
+        card = dataset_card(self).T
+        card.index.name = "statistic"
+        return card
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{m}:{f.shape[1]}" for m, f in self.item_features.items()) or "none"
