@@ -22,7 +22,10 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tiktok"
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", default=str(DEFAULT))
 parser.add_argument("--repeats", type=int, default=7)
+parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
 args = parser.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
 
 data = datasets.load(args.data)
 torch.manual_seed(0)
