@@ -17,10 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from diffmm.data.dataset import RecDataset
+from diffmm.graph import SparseRows
 from diffmm.utils import atomic_path
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B,) user ids -> (B, n_items) scores
@@ -38,13 +38,6 @@ class EvalResult:
 
     def __getitem__(self, key: str) -> float:
         return self.metrics[key]
-
-
-def _batch_rows(matrix: sp.csr_matrix, users: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row position in batch, item) index pairs of ``matrix[users]``, as device tensors."""
-    sub = matrix[users]
-    rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-    return (torch.from_numpy(rows).to(device), torch.from_numpy(sub.indices.astype(np.int64)).to(device))
 
 
 def evaluate(
@@ -73,7 +66,7 @@ def evaluate(
     ks = sorted(int(k) for k in ks)
     kmax = min(max(ks), dataset.n_items)
     held_out = dataset.split(split)
-    seen = dataset.train if split == "valid" else (dataset.train + dataset.valid).tocsr()
+    seen = SparseRows(dataset.train if split == "valid" else dataset.train + dataset.valid, device)
     n_held = np.diff(held_out.indptr)
     users = np.flatnonzero(n_held > 0)
     n_skipped = dataset.n_users - len(users)
@@ -92,7 +85,7 @@ def evaluate(
             batch = users[start:start + batch_size]
             batch_t = torch.from_numpy(batch).to(device)
             scores = score_fn(batch_t).float()  # (B, n_items)
-            scores[_batch_rows(seen, batch, device)] = -torch.inf  # never recommend seen items
+            scores[seen.coordinates(batch_t)] = -torch.inf  # never recommend seen items
             top_val, top_idx = torch.topk(scores, kmax, dim=1)  # (B, kmax)
             query = batch_t[:, None] * dataset.n_items + top_idx  # (B, kmax)
             found = torch.searchsorted(keys, query).clamp(max=len(keys) - 1)

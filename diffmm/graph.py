@@ -137,13 +137,23 @@ class SparseRows:
         self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
         self.values = torch.from_numpy(matrix.data.astype(np.float32)).to(device)
 
-    def dense(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B, n_cols) float32 dense copy of the given rows."""
+    def _positions(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the stored entries of ``rows``: their row in the batch and their position in ``indices``."""
         rows = rows.to(self.indptr.device)
         starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
         batch_row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
         first = torch.cumsum(counts, 0) - counts  # where each row's entries start in the output list
         position = torch.repeat_interleave(starts - first, counts) + torch.arange(int(counts.sum()), device=rows.device)
-        out = torch.zeros(len(rows), self.shape[1], device=rows.device)
+        return batch_row, position
+
+    def coordinates(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in batch, column) index pairs of the stored entries of ``rows``."""
+        batch_row, position = self._positions(rows)
+        return batch_row, self.indices[position]
+
+    def dense(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, n_cols) float32 dense copy of the given rows."""
+        batch_row, position = self._positions(rows)
+        out = torch.zeros(len(rows), self.shape[1], device=self.indptr.device)
         out[batch_row, self.indices[position]] = self.values[position]
         return out
