@@ -81,9 +81,6 @@ class Adjacency:
             return _SparseMatmul.apply(self.matrix, self.transposed, dense)
         return torch.sparse.mm(self.matrix, dense)
 
-    def to(self, device) -> "Adjacency":
-        return Adjacency(self.scipy, device, symmetric=self.transposed is self.matrix)
-
     def __repr__(self) -> str:
         return f"Adjacency(shape={tuple(self.shape)}, nnz={self.nnz}, device={self.matrix.device})"
 
