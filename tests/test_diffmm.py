@@ -19,7 +19,8 @@ from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
 from diffmm.data.synthetic import make_synthetic
 from diffmm.graph import Adjacency
-from diffmm.models.diffmm import DiffMM, info_nce
+from diffmm.contrastive import info_nce
+from diffmm.models.diffmm import DiffMM
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext
 from diffmm.train import Trainer
 
@@ -126,6 +127,36 @@ def test_info_nce_hand_case():
     assert got == pytest.approx((loss0 + loss2) / 2, rel=1e-6)
     # scale-invariant (cosine similarity)
     assert float(info_nce(5 * anchor, 0.1 * other, torch.tensor([0, 2]), tau)) == pytest.approx(got, rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64])
+def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_rows):
+    """The fused, chunked log-sum-exp gives the loss and both gradients of explicit float64 logits."""
+    import diffmm.contrastive as contrastive
+
+    n, d, tau = 50, 8, 0.2
+    monkeypatch.setattr(contrastive, "CHUNK_BYTES", 4 * n * chunk_rows)  # chunks of ``chunk_rows`` anchors
+    gen = torch.Generator().manual_seed(0)
+    anchor = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    other = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    nodes = torch.tensor([3, 0, 49, 3, 17, 8, 21, 30, 11, 2, 5, 6, 40, 41, 42, 1, 9])
+    a = torch.nn.functional.normalize(anchor[nodes], dim=-1) / tau
+    o = torch.nn.functional.normalize(other, dim=-1)
+    logits = a @ o.T
+    expected = (torch.logsumexp(logits, 1) - logits[torch.arange(len(nodes)), nodes]).mean()
+    want = torch.autograd.grad(expected, [anchor, other])
+    got_loss = info_nce(anchor, other, nodes, tau, torch.float64)
+    got = torch.autograd.grad(got_loss, [anchor, other])
+    assert float(got_loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    # bfloat16 products: close to the float64 result, with float32 gradients
+    a32, o32 = anchor.detach().float().requires_grad_(), other.detach().float().requires_grad_()
+    low = info_nce(a32, o32, nodes, tau, torch.bfloat16)
+    low.backward()
+    assert float(low.detach()) == pytest.approx(float(expected.detach()), rel=2e-2)
+    assert a32.grad.dtype == torch.float32
+    torch.testing.assert_close(a32.grad.double(), want[0], rtol=0.1, atol=5e-3)
 
 
 # --------------------------------------------------------------------------------------- Eq. 20-23

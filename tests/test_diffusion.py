@@ -386,6 +386,19 @@ def test_denoiser_dropout_only_in_train_mode():
     assert torch.equal(no_dropout(x, t), no_dropout(x, t))
 
 
+def test_denoiser_dropout_is_inverted_dropout_with_rate_p():
+    """The first layer sees each input zeroed with probability p and the rest scaled by 1 / (1 - p)."""
+    torch.manual_seed(0)
+    denoiser = Denoiser(20000, hidden=(4,), time_dim=4, dropout=0.3).train()
+    seen = []
+    denoiser.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.full((2, 20000), 2.0)
+    denoiser(x, torch.tensor([1, 2]))
+    kept = seen[0] != 0
+    assert float(kept.float().mean()) == pytest.approx(0.7, abs=0.01)
+    torch.testing.assert_close(seen[0][kept], torch.full((int(kept.sum()),), 2.0 / 0.7))
+
+
 def test_denoiser_normalize_input():
     torch.manual_seed(0)
     denoiser = Denoiser(6, hidden=(4,), time_dim=4, normalize_input=True).eval()

@@ -18,23 +18,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffmm.config import DiffMMConfig
+from diffmm.contrastive import info_nce
 from diffmm.data.dataset import RecDataset
 from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout, sym_normalize, topk_interactions
 from diffmm.models.base import Recommender, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
-
-
-def info_nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor, temperature: float,
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """InfoNCE of Eq. 18/19 with cosine similarity s(.) and every node of ``other`` as a candidate.
-
-    -log exp(s(a_n, o_n)/tau) / sum_v exp(s(a_n, o_v)/tau), averaged over ``nodes``: a softmax
-    cross-entropy whose target for anchor n is column n. anchor, other: (N, d); nodes: (B,).
-    ``dtype`` is the precision of the (B, N) product (bfloat16 for speed); the softmax is float32.
-    """
-    a = F.normalize(anchor[nodes], dim=-1) / temperature  # (B, d); 1/tau folded in before the product
-    o = F.normalize(other, dim=-1)  # (N, d)
-    return F.cross_entropy((a.to(dtype) @ o.to(dtype).T).float(), nodes)  # logits (B, N)
 
 
 class DiffMM(Recommender):
@@ -230,15 +218,15 @@ class DiffMM(Recommender):
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
         totals, n = {}, 0
         for users, rows in self._user_batches(shuffle=True):
-            loss = 0.0
+            optimizer.zero_grad(set_to_none=True)
+            # the generators share no parameters: one backward per modality gives the gradients of
+            # the summed loss while only one modality's activations are alive at a time
             for m, generator in self.generators.items():
                 with self._autocast():
                     parts = generator.loss(rows, users, contexts[m])
-                loss = loss + parts["loss"]
+                parts["loss"].backward()
                 for name, value in parts.items():
                     totals[f"{m}_{name}"] = totals.get(f"{m}_{name}", 0.0) + float(value.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             n += 1
         return {f"gen_{k}": v / n for k, v in totals.items()}

@@ -1,0 +1,76 @@
+"""InfoNCE (Eq. 18/19) without materialising the (batch, nodes) similarity matrix.
+
+For anchors a_n (rows of ``anchor[nodes]``) and candidates o_v (all rows of ``other``), both
+L2-normalised, with temperature tau:
+
+    L = mean_n [ logsumexp_v (a_n . o_v / tau) - a_n . o_{nodes_n} / tau ].
+
+The positive term is a cheap row-wise dot product left to autograd. The log-sum-exp term is
+:class:`LogSumExpProduct`: it walks the anchors in row chunks small enough to stay in cache,
+computes each chunk's softmax once and, in the same pass, the gradients with respect to both
+inputs (softmax @ o and softmax^T @ a). Memory is O(chunk x nodes) instead of O(batch x nodes),
+and the (batch, nodes) matrix is written and read about half as often as by
+``F.cross_entropy`` on explicit logits (no log-softmax copy, no zero-filled one-hot gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+CHUNK_BYTES = 4 << 20  # a logits chunk of ~4 MiB stays in cache (TikTok users: 112 rows)
+
+
+class LogSumExpProduct(torch.autograd.Function):
+    """sum_n logsumexp_v (a @ o^T)_{n v} for a: (B, d), o: (N, d); a scalar, with a fused backward.
+
+    ``dtype`` is the precision of the three products (float32 or bfloat16; float64 for tests);
+    the exponentials, sums and gradient accumulators are at least float32.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, o: torch.Tensor, dtype: torch.dtype = torch.float32):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        a_low, o_low = a.detach().to(dtype), o.detach().to(dtype)
+        o_t = o_low.T.contiguous()  # (d, N): the forward product runs ~1.5x faster on this layout
+        chunk = max(16, CHUNK_BYTES // (4 * max(1, o.shape[0])))
+        acc = torch.float64 if dtype == torch.float64 else torch.float32  # exponentials and sums
+        total = torch.zeros((), dtype=acc, device=a.device)
+        if needs_grad:
+            grad_a = torch.empty(a.shape, dtype=acc, device=a.device)
+            grad_o = torch.zeros(o.shape, dtype=acc, device=o.device)
+        for start in range(0, a.shape[0], chunk):
+            a_c = a_low[start:start + chunk]
+            logits = (a_c @ o_t).to(acc)  # (c, N)
+            shift = logits.amax(1, keepdim=True)
+            probs = logits.sub_(shift).exp_()  # in place: exp(logits - row max)
+            norm = probs.sum(1, keepdim=True)
+            total += (norm.log() + shift).sum()
+            if needs_grad:  # d lse_n / d logits_n = softmax row n
+                probs = probs.div_(norm).to(dtype)
+                grad_a[start:start + chunk] = probs @ o_low
+                if dtype == acc:
+                    grad_o.addmm_(probs.T, a_c)
+                else:
+                    grad_o += (probs.T @ a_c).to(acc)
+        if needs_grad:
+            ctx.save_for_backward(grad_a, grad_o)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_a, grad_o = ctx.saved_tensors
+        return grad_a * grad_total, grad_o * grad_total, None
+
+
+def info_nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor, temperature: float,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """InfoNCE of Eq. 18/19 with cosine similarity and every row of ``other`` as a candidate.
+
+    -log exp(s(a_n, o_n)/tau) / sum_v exp(s(a_n, o_v)/tau), averaged over ``nodes``.
+    anchor, other: (N, d); nodes: (B,). ``dtype``: precision of the (B, N) products.
+    """
+    a = F.normalize(anchor[nodes], dim=-1) / temperature  # (B, d); 1/tau folded in before the product
+    o = F.normalize(other, dim=-1)  # (N, d)
+    positive = (a * o[nodes]).sum(-1)  # s(a_n, o_n) / tau
+    return LogSumExpProduct.apply(a, o, dtype) / len(nodes) - positive.mean()
