@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("train", "quickstart"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("train", "bench", "quickstart"):
+        from diffmm.utils import return_large_buffers_to_os
+
+        return_large_buffers_to_os()
     try:
         return args.func(args, extra)
     except (ValueError, FileNotFoundError) as error:

@@ -66,7 +66,7 @@ class Denoiser(nn.Module):
             if self.normalize_input:
                 x = nn.functional.normalize(x, dim=-1)
             if self.training and self.dropout.p > 0:  # inverted dropout; a uniform mask is ~2x faster than bernoulli_
-                x = x * (torch.rand_like(x) >= self.dropout.p) * (1.0 / (1.0 - self.dropout.p))
+                x = x * torch.rand_like(x).ge_(self.dropout.p).mul_(1.0 / (1.0 - self.dropout.p))
             h = self.layers[0](x)
         h = h + self.time_in(self.time_proj(timestep_embedding(t, self.time_dim)))  # layer 0 on [x, emb]
         for layer in self.layers[1:]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def linear_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float,
@@ -76,9 +77,9 @@ class GaussianDiffusion(nn.Module):
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 2: alpha_t = sqrt(gamma_bar_t) alpha_0 + sqrt(1 - gamma_bar_t) eps."""
-        if noise is None:
-            noise = torch.randn_like(x0)
-        return self._at(self.sqrt_gamma_bar, t) * x0 + self._at(self.sqrt_one_minus_gamma_bar, t) * noise
+        scaled_noise = torch.randn_like(x0) if noise is None else noise.clone()
+        scaled_noise.mul_(self._at(self.sqrt_one_minus_gamma_bar, t))
+        return scaled_noise.addcmul_(self._at(self.sqrt_gamma_bar, t), x0)
 
     def posterior_mean(self, xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Eq. 8 (with the true x0) or Eq. 10 (with the denoiser's prediction of x0)."""
@@ -96,9 +97,8 @@ class GaussianDiffusion(nn.Module):
             x0_hat: (B, n_items).
         """
         t = self.sample_steps(x0.shape[0], x0.device)
-        xt = self.q_sample(x0, t)  # Eq. 2
-        x0_hat = denoiser(xt, t)
-        mse = (x0_hat - x0).square().mean(dim=-1)  # Eq. 13 (mean over items, as the authors' code)
+        x0_hat = denoiser(self.q_sample(x0, t), t)  # Eq. 2, then the denoiser (alpha_t is not kept alive)
+        mse = F.mse_loss(x0_hat, x0.to(x0_hat.dtype), reduction="none").mean(dim=-1)  # Eq. 13 (mean over items)
         return self.loss_weight[t] * mse, x0_hat
 
     @torch.no_grad()
@@ -119,7 +119,9 @@ class GaussianDiffusion(nn.Module):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
             # the observed vector (T' = 0) is sparse: the denoiser's first product runs as sparse
             x_in = x.to_sparse() if step == self.steps and forward_steps == 0 else x
-            x = self.posterior_mean(x, denoiser(x_in, t), t)  # Eq. 10
+            # Eq. 10, written in place into the denoiser's output (one (B, I) buffer per step)
+            x = denoiser(x_in, t).float().mul_(self._at(self.posterior_coef_x0, t)).addcmul_(
+                self._at(self.posterior_coef_xt, t), x)
             if return_trajectory:
                 trajectory.append(x)
         return (x, trajectory) if return_trajectory else x

@@ -229,6 +229,7 @@ class DiffMM(Recommender):
                     totals[f"{m}_{name}"] = totals.get(f"{m}_{name}", 0.0) + float(value.detach())
             optimizer.step()
             n += 1
+        optimizer.zero_grad(set_to_none=True)  # the denoisers' gradients are not needed until next epoch
         return {f"gen_{k}": v / n for k, v in totals.items()}
 
     @torch.no_grad()
