@@ -15,6 +15,8 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time, torch
+from diffmm.utils import return_large_buffers_to_os
+return_large_buffers_to_os()  # as the CLI does
 from diffmm.data.synthetic import make_synthetic
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.models import DiffMM

@@ -345,6 +345,18 @@ def test_generate_graphs_trajectory_and_weights(synthetic):
     assert sum(model.modality_weights().values()) == pytest.approx(1.0)
 
 
+def test_device_copies_are_built_once_and_rebuilt_when_their_graph_changes(synthetic):
+    torch.manual_seed(0)
+    model = DiffMM(synthetic, DiffMMConfig(**SMALL))
+    graph, generated = model.graph, model.generated_adjacency("image")
+    assert model.graph is graph and model.generated_adjacency("image") is generated  # not per call
+    model.rebuild_graphs()
+    assert model.graph is graph  # the interaction graph did not change
+    fresh = model.generated_adjacency("image")
+    assert fresh is not generated
+    np.testing.assert_array_equal(fresh.matrix.to_dense().numpy(), model._generated_scipy["image"].toarray())
+
+
 def test_checkpoint_round_trip_reproduces_scores(synthetic):
     torch.manual_seed(0)
     cfg = DiffMMConfig(**SMALL)

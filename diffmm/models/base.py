@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
 from torch import nn
 
 from diffmm.data.dataset import RecDataset
+
+T = TypeVar("T")
 
 
 class Recommender(nn.Module):
@@ -22,6 +26,7 @@ class Recommender(nn.Module):
     def __init__(self, dataset: RecDataset):
         super().__init__()
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
+        self._device_cache: dict[str, tuple[torch.device, object]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -30,6 +35,21 @@ class Recommender(nn.Module):
         for tensor in self.buffers():
             return tensor.device
         return torch.device("cpu")
+
+    def on_device(self, key: str, build: Callable[[torch.device], T]) -> T:
+        """``build(device)`` for the model's current device, made once per key (graphs, CSR rows).
+
+        Rebuilt when the model has moved to another device, or after :meth:`forget`.
+        """
+        hit = self._device_cache.get(key)
+        if hit is None or hit[0] != self.device:
+            hit = self._device_cache[key] = (self.device, build(self.device))
+        return hit[1]
+
+    def forget(self, prefix: str) -> None:
+        """Drop the device-side objects whose key starts with ``prefix`` (their source changed)."""
+        for key in [k for k in self._device_cache if k.startswith(prefix)]:
+            del self._device_cache[key]
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         return {"rec": torch.optim.Adam(self.parameters(), lr=lr)}

@@ -86,13 +86,10 @@ class LightGCN(EmbeddingModel):
         self.config = config or LightGCNConfig()
         super().__init__(dataset, self.config.dim, self.config.l2, self.config.init_std)
         self._train = dataset.train
-        self._adjacency = None
 
     @property
     def adjacency(self):
-        if self._adjacency is None or self._adjacency.matrix.device != self.device:
-            self._adjacency = normalized_adjacency(self._train, device=self.device)
-        return self._adjacency
+        return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
 
     def final_embeddings(self):
         layer = torch.cat([self.user_embedding, self.item_embedding])  # (U + I, d)

@@ -40,7 +40,6 @@ class DiffMM(Recommender):
             raise ValueError(f"DiffMM needs item features; dataset '{dataset.name}' has no modality")
         self.modalities = list(dataset.item_features)
         self._train = dataset.train
-        self._rows = None  # SparseRows of the training matrix on the model's device
         d = cfg.dim
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))  # E^u
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))  # e^i
@@ -59,7 +58,6 @@ class DiffMM(Recommender):
             for m in self.modalities})
         # the interaction graph A with self-loops, normalised (the authors' torchBiAdj)
         self._graph_scipy = sym_normalize(bipartite(dataset.train, self_loops=True))
-        self._graph = None
         # generated graphs: binary users x items A^m, and the normalised + edge-dropped versions used
         empty = sp.csr_matrix((self.n_users, self.n_items), dtype=np.float32)
         self.generated = {m: empty for m in self.modalities}
@@ -71,28 +69,19 @@ class DiffMM(Recommender):
 
     def _set_graphs(self, generated_adj: dict, view_adj: dict | None) -> None:
         self._generated_scipy, self._view_scipy = generated_adj, view_adj
-        self._adj_cache: dict = {}
-
-    def _adjacency(self, key: str, matrix: sp.csr_matrix) -> Adjacency:
-        """Device copies of the scipy graphs, built once per rebuild (not per step)."""
-        cached = self._adj_cache.get(key)
-        if cached is None or cached.matrix.device != self.device:
-            cached = self._adj_cache[key] = Adjacency(matrix, self.device)
-        return cached
+        self.forget("generated/")  # device copies are made once per rebuild, not per step
 
     @property
     def graph(self) -> Adjacency:
-        if self._graph is None or self._graph.matrix.device != self.device:
-            self._graph = Adjacency(self._graph_scipy, self.device, symmetric=True)
-        return self._graph
+        return self.on_device("graph", lambda device: Adjacency(self._graph_scipy, device, symmetric=True))
 
     def generated_adjacency(self, m: str) -> Adjacency:
-        return self._adjacency(f"gen/{m}", self._generated_scipy[m])
+        return self.on_device(f"generated/{m}", lambda device: Adjacency(self._generated_scipy[m], device))
 
     def view_adjacency(self, m: str) -> Adjacency:
         if self._view_scipy is None:
             return self.generated_adjacency(m)
-        return self._adjacency(f"view/{m}", self._view_scipy[m])
+        return self.on_device(f"generated/view/{m}", lambda device: Adjacency(self._view_scipy[m], device))
 
     def get_extra_state(self):
         return {"generated": self.generated, "generated_adj": self._generated_scipy, "view_adj": self._view_scipy}
@@ -200,9 +189,7 @@ class DiffMM(Recommender):
 
     def train_rows(self, users: torch.Tensor) -> torch.Tensor:
         """Dense (B, I) training rows alpha_0 of the given users, gathered on the device."""
-        if self._rows is None or self._rows.indptr.device != self.device:
-            self._rows = SparseRows(self._train, self.device)
-        return self._rows.dense(users)
+        return self.on_device("rows", lambda device: SparseRows(self._train, device)).dense(users)
 
     def _user_batches(self, shuffle: bool):
         order = torch.randperm(self.n_users) if shuffle else torch.arange(self.n_users)
