@@ -7,7 +7,7 @@ Two checks:
 - slow (~5 min on 2 shared cores: one epoch is O(users x items) denoiser work, in batches):
   20000 users x 20000 items (dense float32: 1.6 GB) in a fresh subprocess; the peak RSS increase
   over the epoch + evaluation must stay far below the dense size. The BPR batch is the authors'
-  1024: the InfoNCE logits are (batch, n_users), so a batch near n_users is itself users-sized.
+  1024 (the InfoNCE similarities are computed in cache-sized row chunks, never (batch, n_users)).
 """
 
 from __future__ import annotations
