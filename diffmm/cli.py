@@ -1,8 +1,9 @@
-"""Command line: ``python -m diffmm train | evaluate | stats``.
+"""Command line: ``python -m diffmm train | evaluate | stats | summarize | quickstart | bench | figures``.
 
     python -m diffmm train --model lightgcn --data ../shared/datasets/tiktok --epochs 3 --seed 7 --out runs/lgcn
     python -m diffmm train --model diffmm --data ../shared/datasets/tiktok --preset tiktok --out runs/diffmm
     python -m diffmm stats --data ../shared/datasets/ml100k
+    python -m diffmm summarize runs/tiktok-diffmm-s*       # seeds: one row each, then mean and std
 
 ``--data`` takes a directory (DiffMM pkl, MMRec .inter or RecBole format) or a registered name
 ('synthetic', 'ml100k', 'tiktok', 'baby'). Any config field can be set with ``--<field> <value>``.
@@ -105,6 +106,14 @@ def cmd_quickstart(args, extra) -> int:
     return 0
 
 
+def cmd_summarize(args, extra) -> int:
+    from diffmm.experiments import summarize_runs
+
+    table = summarize_runs(args.runs)
+    print(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep=""))
+    return 0
+
+
 def cmd_stats(args, extra) -> int:
     from diffmm.data.card import activity_distribution
 
@@ -141,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     stats = sub.add_parser("stats", help="print the dataset's Table-1 statistics")
     stats.add_argument("--data", required=True)
     stats.set_defaults(func=cmd_stats)
+    summarize = sub.add_parser("summarize", help="table of finished runs (e.g. seeds) with mean and std")
+    summarize.add_argument("runs", nargs="+", help="run directories")
+    summarize.set_defaults(func=cmd_summarize)
     for name, fn in _extra_commands().items():
         fn(sub)
     args, extra = parser.parse_known_args(argv)

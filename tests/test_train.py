@@ -91,3 +91,24 @@ def test_unknown_setting_is_a_clear_error():
         TrainConfig(metric="auc@20")
     with pytest.raises(ValueError, match="layers"):
         LightGCNConfig(layers=-1)
+
+
+def test_summarize_seeds_mean_and_std(data, tmp_path, capsys):
+    from diffmm.cli import main
+    from diffmm.experiments import summarize_runs
+
+    dirs = []
+    for seed in (1, 2, 3):
+        config = build_run_config("mf", overrides={"epochs": "1", "seed": str(seed), "progress": "false", "dim": "8"})
+        run(data, config, tmp_path / f"s{seed}")
+        dirs.append(tmp_path / f"s{seed}")
+    table = summarize_runs(dirs)
+    assert list(table.index) == ["s1", "s2", "s3", "mean", "std"]
+    assert list(table["seed"][:3]) == [1, 2, 3]
+    recalls = np.array([json.loads((d / "metrics.json").read_text())["test"]["recall@20"] for d in dirs])
+    assert table.loc["mean", "test recall@20"] == pytest.approx(recalls.mean())
+    assert table.loc["std", "test recall@20"] == pytest.approx(recalls.std(ddof=1))
+    assert main(["summarize", *map(str, dirs)]) == 0
+    assert "mean" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        summarize_runs([tmp_path / "missing"])

@@ -102,6 +102,29 @@ def run_dir_results(out_dir: str | Path) -> dict:
     return json.loads((Path(out_dir) / "metrics.json").read_text())
 
 
+def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
+    """One row per finished run directory (seed, best epoch, test and optimistic metrics), then mean and std.
+
+    The std is the sample standard deviation over runs (ddof = 1), the spread a reader compares a
+    reference number against ("within one standard deviation").
+    """
+    rows = []
+    for out in map(Path, run_dirs):
+        if not (out / "metrics.json").exists():
+            raise FileNotFoundError(f"{out / 'metrics.json'}: no finished run there (the run writes it at the end)")
+        found = run_dir_results(out)
+        seed = json.loads((out / "config.json").read_text())["train"].get("seed") if (out / "config.json").exists() else None
+        row = {"run": out.name, "seed": seed, "best_epoch": found["best_epoch"], "epochs": found["epochs_run"],
+               "wall_s": found["wall_s"]}
+        row.update({f"test {m}": found["test"][m] for m in metrics})
+        row.update({f"optimistic {m}": found["optimistic_test"][m] for m in metrics})
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("run")
+    numeric = table.drop(columns=["seed"]).astype(float)
+    stats = pd.DataFrame({"mean": numeric.mean(), "std": numeric.std(ddof=1)}).T
+    return pd.concat([table, stats])
+
+
 def sweep(dataset: RecDataset, configs: dict[str, RunConfig], root: str | Path,
           metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
     """Run each named config (skipping those already finished under ``root``) and tabulate them.
