@@ -39,19 +39,26 @@ class LogSumExpProduct(torch.autograd.Function):
         if needs_grad:
             grad_a = torch.empty(a.shape, dtype=acc, device=a.device)
             grad_o = torch.zeros(o.shape, dtype=acc, device=o.device)
+        buffer = torch.empty(min(chunk, a.shape[0]), o.shape[0], dtype=acc, device=a.device)  # reused by every chunk
         for start in range(0, a.shape[0], chunk):
             a_c = a_low[start:start + chunk]
-            logits = (a_c @ o_t).to(acc)  # (c, N)
+            logits = buffer[:len(a_c)]
+            if dtype == acc:
+                torch.mm(a_c, o_t, out=logits)  # (c, N)
+            else:
+                logits.copy_(a_c @ o_t)
             shift = logits.amax(1, keepdim=True)
             probs = logits.sub_(shift).exp_()  # in place: exp(logits - row max)
             norm = probs.sum(1, keepdim=True)
             total += (norm.log() + shift).sum()
             if needs_grad:  # d lse_n / d logits_n = softmax row n
-                probs = probs.div_(norm).to(dtype)
-                grad_a[start:start + chunk] = probs @ o_low
+                probs = probs.div_(norm)
                 if dtype == acc:
+                    torch.mm(probs, o_low, out=grad_a[start:start + chunk])
                     grad_o.addmm_(probs.T, a_c)
                 else:
+                    probs = probs.to(dtype)
+                    grad_a[start:start + chunk] = probs @ o_low
                     grad_o += (probs.T @ a_c).to(acc)
         if needs_grad:
             ctx.save_for_backward(grad_a, grad_o)

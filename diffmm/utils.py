@@ -58,13 +58,13 @@ def return_large_buffers_to_os(threshold_bytes: int | None = None) -> bool:
 
     glibc raises its mmap threshold after the first large free and then keeps freed (batch x items)
     buffers on a fragmented heap: on TikTok that is ~400 MB of peak RSS for nothing. A fixed
-    threshold (1 MiB by default, ``$DIFFMM_MMAP_THRESHOLD`` to change, 0 to keep glibc's policy)
+    threshold (16 MiB by default, ``$DIFFMM_MMAP_THRESHOLD`` to change, 0 to keep glibc's policy)
     returns each large tensor's pages when it is freed, at the cost of page faults when one is
-    allocated (a few percent of an epoch; measured by ``python -m diffmm bench``).
+    allocated; smaller temporaries (cache-sized chunks, (nodes, d) embeddings) stay on the heap.
     Returns whether the policy was applied (glibc on Linux only).
     """
     if threshold_bytes is None:
-        threshold_bytes = int(os.environ.get("DIFFMM_MMAP_THRESHOLD", 1 << 20))
+        threshold_bytes = int(os.environ.get("DIFFMM_MMAP_THRESHOLD", 16 << 20))
     if threshold_bytes <= 0 or not sys.platform.startswith("linux"):
         return False
     try:

@@ -122,7 +122,9 @@ def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("re
     table = pd.DataFrame(rows).set_index("run")
     numeric = table.drop(columns=["seed"]).astype(float)
     stats = pd.DataFrame({"mean": numeric.mean(), "std": numeric.std(ddof=1)}).T
-    return pd.concat([table, stats])
+    out = pd.concat([table, stats])
+    out["seed"] = out["seed"].astype("Int64")  # integers, blank on the mean / std rows
+    return out
 
 
 def sweep(dataset: RecDataset, configs: dict[str, RunConfig], root: str | Path,
