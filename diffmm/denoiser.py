@@ -43,7 +43,7 @@ class Denoiser(nn.Module):
         sizes = [n_items, *hidden, n_items]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.time_in = nn.Linear(time_dim, sizes[1], bias=False)  # the step-embedding columns of layer 0
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
         # the authors' init: N(0, 2 / (fan_in + fan_out)), with layer 0's fan_in = n_items + time_dim
         for layer, fan_in in [(self.time_proj, time_dim), (self.layers[0], n_items + time_dim),
                               (self.time_in, n_items + time_dim), *[(l, l.in_features) for l in self.layers[1:]]]:
@@ -65,8 +65,8 @@ class Denoiser(nn.Module):
         if not x.is_sparse:
             if self.normalize_input:
                 x = nn.functional.normalize(x, dim=-1)
-            if self.training and self.dropout.p > 0:  # inverted dropout; a uniform mask is ~2x faster than bernoulli_
-                x = x * torch.rand_like(x).ge_(self.dropout.p).mul_(1.0 / (1.0 - self.dropout.p))
+            if self.training and self.dropout > 0:  # inverted dropout; a uniform mask is ~2x faster than bernoulli_
+                x = x * torch.rand_like(x).ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
             h = self.layers[0](x)
         h = h + self.time_in(self.time_proj(timestep_embedding(t, self.time_dim)))  # layer 0 on [x, emb]
         for layer in self.layers[1:]:

@@ -81,9 +81,14 @@ class GaussianDiffusion(nn.Module):
         scaled_noise.mul_(self._at(self.sqrt_one_minus_gamma_bar, t))
         return scaled_noise.addcmul_(self._at(self.sqrt_gamma_bar, t), x0)
 
-    def posterior_mean(self, xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Eq. 8 (with the true x0) or Eq. 10 (with the denoiser's prediction of x0)."""
-        return self._at(self.posterior_coef_xt, t) * xt + self._at(self.posterior_coef_x0, t) * x0
+    def posterior_mean(self, xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
+                       overwrite_x0: bool = False) -> torch.Tensor:
+        """Eq. 8 (with the true x0) or Eq. 10 (with the denoiser's prediction of x0).
+
+        ``overwrite_x0`` writes the result into ``x0``'s buffer (inference: one (B, I) buffer per step).
+        """
+        out = x0 if overwrite_x0 else x0.clone()
+        return out.mul_(self._at(self.posterior_coef_x0, t)).addcmul_(self._at(self.posterior_coef_xt, t), xt)
 
     def sample_steps(self, batch: int, device) -> torch.Tensor:
         """t ~ U{1, ..., T} (Eq. 13)."""
@@ -119,9 +124,7 @@ class GaussianDiffusion(nn.Module):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
             # the observed vector (T' = 0) is sparse: the denoiser's first product runs as sparse
             x_in = x.to_sparse() if step == self.steps and forward_steps == 0 else x
-            # Eq. 10, written in place into the denoiser's output (one (B, I) buffer per step)
-            x = denoiser(x_in, t).float().mul_(self._at(self.posterior_coef_x0, t)).addcmul_(
-                self._at(self.posterior_coef_xt, t), x)
+            x = self.posterior_mean(x, denoiser(x_in, t).float(), t, overwrite_x0=True)  # Eq. 10
             if return_trajectory:
                 trajectory.append(x)
         return (x, trajectory) if return_trajectory else x
