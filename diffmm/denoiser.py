@@ -61,7 +61,8 @@ class Denoiser(nn.Module):
                 x = x.to_dense()
             else:
                 first = self.layers[0]
-                h = torch.sparse.mm(x, first.weight.T.to(x.dtype)) + first.bias
+                with torch.autocast(x.device.type, enabled=False):  # CUDA has no bf16 sparse product
+                    h = torch.sparse.mm(x.float(), first.weight.T) + first.bias
         if not x.is_sparse:
             if self.normalize_input:
                 x = nn.functional.normalize(x, dim=-1)

@@ -370,6 +370,19 @@ def test_denoiser_shapes_and_eval_forward_by_hand():
     np.testing.assert_allclose(out.detach().double().numpy(), h, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_denoiser_sparse_input_under_bf16_autocast(device):
+    """The sparse first product runs in float32 even under bf16 autocast (CUDA has no bf16 sparse kernel)."""
+    torch.manual_seed(0)
+    denoiser = Denoiser(64, hidden=(32,), time_dim=8).eval().to(device)
+    x = (torch.rand(5, 64, device=device) < 0.1).float()
+    t = torch.tensor([1, 2, 3, 4, 5], device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        sparse, dense = denoiser(x.to_sparse(), t), denoiser(x, t)
+    torch.testing.assert_close(sparse.float(), dense.float(), rtol=0.05, atol=0.02)
+
+
 def test_denoiser_dropout_only_in_train_mode():
     torch.manual_seed(0)
     denoiser = Denoiser(50, hidden=(8,), time_dim=4, dropout=0.5)

@@ -44,7 +44,9 @@ class DiffusionGenerator(nn.Module):
         losses = {"elbo": elbo.mean()}
         if self.config.msi_weight:
             # Eq. 14: || alpha_hat_0 . e_m^i - alpha_0 . e^i ||^2 (mean over d, as the authors' code)
-            msi = (x0_hat @ ctx.features - torch.sparse.mm(rows.to_sparse(), ctx.item_embedding)).square().mean(-1)
+            with torch.autocast(rows.device.type, enabled=False):  # CUDA has no bf16 sparse product
+                observed = torch.sparse.mm(rows.float().to_sparse(), ctx.item_embedding.float())
+            msi = (x0_hat @ ctx.features - observed).square().mean(-1)
             losses["msi"] = msi.mean()
         losses["loss"] = losses["elbo"] + self.config.msi_weight * losses.get("msi", 0.0)  # Eq. 24
         return losses
