@@ -3,7 +3,8 @@
 In one run it (1) measures the matmul rate of this machine in float32 and bfloat16, (2) counts
 the floating-point work of one epoch from the data sizes and the config, (3) trains a few epochs
 timing each phase (generator training, graph generation, recommender training, evaluation),
-and (4) records peak memory. ``floor_s`` = FLOPs / measured matmul rate at the chosen precision.
+and (4) records peak memory. ``floor_s`` = FLOPs / matmul rate at the chosen precision (mean of the rates measured before and
+after training: the machine may be shared).
 The last line printed is JSON, for scripts.
 """
 
@@ -84,7 +85,7 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     from diffmm.utils import resolve_device, seed_everything
 
     device = str(resolve_device(train.device))
-    rates = {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
+    before = {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
     flops = epoch_flops(dataset, cfg, train)
     seed_everything(train.seed)
     model = DiffMM(dataset, cfg.replace(precision=precision))
@@ -96,9 +97,13 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     out = {name: float(h[col].median()) for name, col in phases.items()}
     out["evaluation_s"] /= 2  # the trainer evaluates valid and test; one full-ranking pass is half
     epoch_s = out["generator_train_s"] + out["graph_generation_s"] + out["recommender_s"] + out["evaluation_s"]
+    # a shared machine's speed drifts: the floor uses the mean of the rates measured before and after
+    after = {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
+    rates = {k: (before[k] + after[k]) / 2 for k in before}
     rate = rates[precision]
     out.update(epoch_s=epoch_s, floor_s=flops.total / rate, tflop_per_epoch=flops.total / 1e12,
                gflops_fp32=rates["fp32"] / 1e9, gflops_bf16=rates["bf16"] / 1e9, precision=precision,
+               gflops_before_after={k: [before[k] / 1e9, after[k] / 1e9] for k in before},
                peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), device=device,
                valid_recall20=float(h["valid_recall@20"].iloc[-1]), epochs=epochs,
                flops={k: v / 1e12 for k, v in vars(flops).items()})
@@ -108,8 +113,10 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
 
 def format_table(r: dict) -> str:
     f = r["flops"]
+    ba = r["gflops_before_after"]
     lines = [f"matmul rate: fp32 {r['gflops_fp32']:.0f} GFLOP/s, bf16 {r['gflops_bf16']:.0f} GFLOP/s "
-             f"({r['threads']} threads, {r['device']})",
+             f"({r['threads']} threads, {r['device']}; mean of before/after: fp32 {ba['fp32'][0]:.0f}/{ba['fp32'][1]:.0f}, "
+             f"bf16 {ba['bf16'][0]:.0f}/{ba['bf16'][1]:.0f})",
              f"{'phase':<20}{'time s':>10}{'TFLOP':>10}",
              f"{'generator training':<20}{r['generator_train_s']:>10.2f}{f['generator_train']:>10.3f}",
              f"{'graph generation':<20}{r['graph_generation_s']:>10.2f}{f['graph_generation']:>10.3f}",

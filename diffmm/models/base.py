@@ -12,6 +12,12 @@ from diffmm.data.dataset import RecDataset
 T = TypeVar("T")
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel: one pass per tensor instead of a dozen elementwise ops (the
+    13.4M-parameter denoisers' step: 16 ms vs 75-100 ms with the default on 2 CPU threads)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 class Recommender(nn.Module):
     """Base class.
 
@@ -52,7 +58,7 @@ class Recommender(nn.Module):
             del self._device_cache[key]
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
-        return {"rec": torch.optim.Adam(self.parameters(), lr=lr)}
+        return {"rec": adam(self.parameters(), lr)}
 
     def before_epoch(self, epoch: int, optimizers: dict, progress: bool = False) -> dict[str, float]:
         """Work done once per epoch before the BPR steps; returns numbers to log."""

@@ -21,7 +21,7 @@ from diffmm.config import DiffMMConfig
 from diffmm.contrastive import info_nce
 from diffmm.data.dataset import RecDataset
 from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout, sym_normalize, topk_interactions
-from diffmm.models.base import Recommender, bpr
+from diffmm.models.base import Recommender, adam, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
 
 
@@ -171,7 +171,7 @@ class DiffMM(Recommender):
     # ------------------------------------------------------ per-epoch generation
     def configure_optimizers(self, lr: float):
         rec = [p for name, p in self.named_parameters() if not name.startswith("generators.")]
-        return {"rec": torch.optim.Adam(rec, lr=lr), "generator": torch.optim.Adam(self.generators.parameters(), lr=lr)}
+        return {"rec": adam(rec, lr), "generator": adam(self.generators.parameters(), lr)}
 
     def generator_context(self, m: str, features: dict[str, torch.Tensor]) -> GeneratorContext:
         return GeneratorContext(self.user_embedding.detach(), self.item_embedding.detach(),
