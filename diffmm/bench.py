@@ -55,7 +55,9 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
     """Dense matmul FLOPs of one DiffMM epoch (sparse products and elementwise work are ignored).
 
     Denoiser: layers (I + t_dim) -> hidden... -> I; a forward costs 2 * sum(fan_in * fan_out) per
-    user, training adds ~2x for the backward pass; generation runs T forwards per user.
+    user, training adds ~2x for the backward pass. Generation runs in the hidden space
+    (:meth:`GaussianDiffusion.reverse`): per modality one W_0 W_L product, then per user T passes
+    through the middle layers, T - 1 (H_L x H_0) recursion products and one output product.
     Contrastive: per BPR step and per InfoNCE term, (B x d) @ (d x N) forward plus 2 such backward.
     """
     U, I, M, d = dataset.n_users, dataset.n_items, len(dataset.item_features), cfg.dim
@@ -63,7 +65,10 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
     forward = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # per user
     msi = 2 * 2 * I * d if cfg.msi_weight else 0  # x0_hat @ e_m (the observed side is sparse)
     generator_train = U * M * (3 * forward + 3 * msi) if cfg.generator == "diffusion" else 0
-    graph_generation = U * M * cfg.steps * forward if cfg.generator == "diffusion" else 0
+    h0, hl = cfg.denoiser_hidden[0], cfg.denoiser_hidden[-1]
+    middle = 2 * sum(a * b for a, b in zip(cfg.denoiser_hidden[:-1], cfg.denoiser_hidden[1:]))
+    per_user = cfg.steps * middle + (cfg.steps - 1) * 2 * hl * h0 + 2 * hl * I
+    graph_generation = M * (2 * h0 * I * hl + U * per_user) if cfg.generator == "diffusion" else 0
     steps = -(-dataset.train.nnz // train.batch_size)
     B = train.batch_size
     n_terms = M if cfg.cl_anchor == "main" else M * (M - 1) // 2

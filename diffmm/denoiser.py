@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +21,20 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return emb
 
 
+@contextlib.contextmanager
+def frozen_weights(module: nn.Module) -> Iterator[None]:
+    """Promise that no :class:`Denoiser` inside ``module`` changes its weights within the block, so
+    each computes the (H_0, H_L) map of :meth:`Denoiser.output_to_input` once for all its reverse calls."""
+    denoisers = [m for m in module.modules() if isinstance(m, Denoiser)]
+    for d in denoisers:
+        d._frozen, d._mix = True, None
+    try:
+        yield
+    finally:
+        for d in denoisers:
+            d._frozen, d._mix = False, None
+
+
 class Denoiser(nn.Module):
     """alpha_hat_theta(alpha_t, t): [dropout(alpha_t), W_e emb(t)] -> hidden (tanh) -> n_items.
 
@@ -32,13 +47,13 @@ class Denoiser(nn.Module):
         hidden: hidden layer sizes (authors: [1000]).
         time_dim: step-embedding size (authors: 10).
         dropout: dropout on the input vector during training (authors: 0.5).
-        normalize_input: L2-normalise the input vector first (authors' ``norm``, off by default).
     """
 
     def __init__(self, n_items: int, hidden: Sequence[int] = (1000,), time_dim: int = 10,
-                 dropout: float = 0.5, normalize_input: bool = False):
+                 dropout: float = 0.5):
         super().__init__()
-        self.time_dim, self.normalize_input = time_dim, normalize_input
+        self.time_dim = time_dim
+        self._frozen, self._mix = False, None  # see frozen_weights()
         self.time_proj = nn.Linear(time_dim, time_dim)
         sizes = [n_items, *hidden, n_items]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -51,25 +66,40 @@ class Denoiser(nn.Module):
             if layer.bias is not None:
                 nn.init.normal_(layer.bias, 0.0, 0.001)
 
+    def input_product(self, x: torch.Tensor) -> torch.Tensor:
+        """W_0 x: layer 0's items block without its bias, (B, H_0); ``x`` dense or sparse."""
+        weight = self.layers[0].weight
+        if x.is_sparse:
+            with torch.autocast(x.device.type, enabled=False):  # CUDA has no bf16 sparse product
+                return torch.sparse.mm(x.float(), weight.T)
+        return nn.functional.linear(x, weight)
+
+    def output_to_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_0 W_L, W_0 b_L): the output layer followed by the next input product, as one (H_0, H_L) map.
+
+        Used by the hidden-space reverse. Computed per call, or once inside :func:`frozen_weights`.
+        """
+        if self._mix is None or not self._frozen:
+            first, last = self.layers[0].weight, self.layers[-1]
+            with torch.no_grad(), torch.autocast(first.device.type, enabled=False):
+                mix = (first @ last.weight, first @ last.bias)
+            self._mix = mix if self._frozen else None
+            return mix
+        return self._mix
+
+    def hidden(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The last hidden activation (B, H_L) from z = W_0 x: layer 0 on [x, emb(t)], tanh, middle layers."""
+        h = z + self.layers[0].bias + self.time_in(self.time_proj(timestep_embedding(t, self.time_dim)))
+        for layer in self.layers[1:-1]:
+            h = layer(torch.tanh(h))
+        return torch.tanh(h)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: (B, n_items) noisy vectors, dense or sparse; t: (B,) steps in 1..T.
 
-        Returns the predicted x0, (B, n_items).
+        Returns the predicted x0, (B, n_items): W_L hidden(W_0 x, t) + b_L.
         """
-        if x.is_sparse:  # only at inference, where dropout is the identity
-            if self.normalize_input or self.training:
-                x = x.to_dense()
-            else:
-                first = self.layers[0]
-                with torch.autocast(x.device.type, enabled=False):  # CUDA has no bf16 sparse product
-                    h = torch.sparse.mm(x.float(), first.weight.T) + first.bias
-        if not x.is_sparse:
-            if self.normalize_input:
-                x = nn.functional.normalize(x, dim=-1)
-            if self.training and self.dropout > 0:  # inverted dropout; a uniform mask is ~2x faster than bernoulli_
-                x = x * torch.rand_like(x).ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
-            h = self.layers[0](x)
-        h = h + self.time_in(self.time_proj(timestep_embedding(t, self.time_dim)))  # layer 0 on [x, emb]
-        for layer in self.layers[1:]:
-            h = layer(torch.tanh(h))
-        return h
+        if self.training and self.dropout > 0:  # inverted dropout; a uniform mask is ~2x faster than bernoulli_
+            x = x.to_dense() if x.is_sparse else x
+            x = x * torch.rand_like(x).ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
+        return self.layers[-1](self.hidden(self.input_product(x), t))

@@ -70,6 +70,7 @@ class GaussianDiffusion(nn.Module):
                                  posterior_coef_x0=np.nan_to_num(coef_x0),
                                  posterior_variance=np.nan_to_num(variance)).items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
+        self._coef_x0, self._coef_xt = np.nan_to_num(coef_x0).tolist(), np.nan_to_num(coef_xt).tolist()
 
     @staticmethod
     def _at(schedule: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -112,21 +113,57 @@ class GaussianDiffusion(nn.Module):
         """Sec. 2.2.3 inference: noise x0 for T' forward steps, then T deterministic reverse steps.
 
         alpha_hat_{t-1} = mu_theta(alpha_hat_t, t) (Eq. 10, variance ignored). Returns alpha_hat_0
-        (B, n_items), and the list [alpha_hat_T, ..., alpha_hat_0] if ``return_trajectory``.
+        (B, n_items), and the list [alpha_hat_T', ..., alpha_hat_0] if ``return_trajectory``.
+        ``denoiser(x, t)`` may be any x0-predictor; an MLP with ``input_product``, ``hidden`` and ``output_to_input``
+        (:class:`~diffmm.denoiser.Denoiser`) runs the same recursion in its hidden space.
         """
         if not 0 <= forward_steps <= self.steps:
             raise ValueError(f"forward_steps must be in [0, {self.steps}], got {forward_steps}")
         x = x0
         if forward_steps > 0:
             x = self.q_sample(x0, torch.full((x0.shape[0],), forward_steps, device=x0.device))
+        if all(hasattr(denoiser, f) for f in ("input_product", "hidden", "output_to_input")):
+            return self._reverse_in_hidden_space(denoiser, x, forward_steps == 0, return_trajectory)
         trajectory = [x]
         for step in range(self.steps, 0, -1):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-            # the observed vector (T' = 0) is sparse: the denoiser's first product runs as sparse
-            x_in = x.to_sparse() if step == self.steps and forward_steps == 0 else x
-            x = self.posterior_mean(x, denoiser(x_in, t).float(), t, overwrite_x0=True)  # Eq. 10
+            x = self.posterior_mean(x, denoiser(x, t).float(), t, overwrite_x0=True)  # Eq. 10
             if return_trajectory:
                 trajectory.append(x)
+        return (x, trajectory) if return_trajectory else x
+
+    def _reverse_in_hidden_space(self, denoiser: nn.Module, start: torch.Tensor, sparse_start: bool,
+                                 return_trajectory: bool):
+        """The reverse loop for a denoiser x0_hat(x, t) = W_L a(W_0 x, t) + b_L (exact algebra, no approximation).
+
+        Eq. 10 mixes alpha_t and x0_hat linearly, so every state is
+        alpha_t = W_L A_t + beta_t b_L + g_t alpha_start, with A, beta, g updated by the Eq. 10 coefficients,
+        and the next input product W_0 alpha_{t-1} = c_x0 (W_0 W_L a_t + W_0 b_L) + c_xt W_0 alpha_t.
+        A step then costs one (B, H_L) x (H_L, H_0) product instead of the two (B, items) x (items, H)
+        products of the plain loop; alpha_hat_0 is made once, by one output product, at the end.
+        """
+        last = denoiser.layers[-1]
+        mix, mix_bias = denoiser.output_to_input()  # W_0 W_L (H_0, H_L), W_0 b_L (H_0,)
+        # W_0 alpha_start; the observed vector (T' = 0) is sparse and multiplied as such
+        z = denoiser.input_product(start.to_sparse() if sparse_start else start)
+        acc, beta, g = None, 0.0, 1.0  # alpha_t = W_L acc + beta b_L + g alpha_start
+
+        def state() -> torch.Tensor:
+            x = torch.addmm(last.bias, acc, last.weight.T, beta=beta).float()
+            return x.add_(start, alpha=g) if g else x
+
+        trajectory = [start]
+        for step in range(self.steps, 0, -1):
+            t = torch.full((start.shape[0],), step, device=start.device, dtype=torch.long)
+            a = denoiser.hidden(z, t)  # x0_hat(alpha_t) = W_L a + b_L
+            c_x0, c_xt = self._coef_x0[step], self._coef_xt[step]  # Eq. 10
+            if step > 1:  # W_0 alpha_{t-1}, the next step's input product
+                z = torch.addmm(mix_bias, a, mix.T, beta=c_x0, alpha=c_x0).add_(z, alpha=c_xt)
+            acc = a * c_x0 if acc is None else (acc * c_xt).add_(a, alpha=c_x0)
+            beta, g = c_x0 + c_xt * beta, c_xt * g
+            if return_trajectory:
+                trajectory.append(state())
+        x = trajectory[-1] if return_trajectory else state()
         return (x, trajectory) if return_trajectory else x
 
     def extra_repr(self) -> str:

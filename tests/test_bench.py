@@ -28,7 +28,8 @@ def test_epoch_flops_by_hand(data):
     steps = -(-data.train.nnz // 32)
     flops = epoch_flops(data, cfg, train)
     assert flops.generator_train == U * 2 * (3 * forward + 3 * msi)  # 2 modalities, forward + backward
-    assert flops.graph_generation == U * 2 * 3 * forward  # T = 3 reverse steps
+    # hidden-space reverse, T = 3: W_0 W_L once per modality; per user 2 recursion products + 1 output product
+    assert flops.graph_generation == 2 * (2 * 16 * I * 16 + U * (2 * 2 * 16 * 16 + 2 * 16 * I))
     assert flops.recommender == steps * 2 * 3 * 2 * 32 * d * (U + I)  # Eq. 19: one term per modality
     pairs = epoch_flops(data, small_config(cl_anchor="modality"), train).recommender
     assert pairs == steps * 1 * 3 * 2 * 32 * d * (U + I)  # Eq. 18: one unordered modality pair

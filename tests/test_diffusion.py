@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffmm.denoiser import Denoiser, timestep_embedding
+from diffmm.denoiser import Denoiser, frozen_weights, timestep_embedding
 from diffmm.diffusion import GaussianDiffusion, linear_schedule
 
 # A strong, non-uniform schedule, written by hand, so that every coefficient matters.
@@ -324,6 +324,62 @@ def test_reverse_with_forward_steps_adds_seeded_noise():
     np.testing.assert_allclose(noisy.double().numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+class Opaque(nn.Module):
+    """Hides the Denoiser's structure: reverse() then runs the plain loop of Eq. 10 on it."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.inner = denoiser
+
+    def forward(self, x, t):
+        return self.inner(x.to_dense() if x.is_sparse else x, t)
+
+
+@pytest.mark.parametrize("hidden", [(7,), (7, 5)])
+@pytest.mark.parametrize("forward_steps", [0, 2])
+def test_reverse_in_hidden_space_equals_the_plain_loop(hidden, forward_steps):
+    """The MLP denoiser's reverse runs in its hidden space (W_0 W_L): same states as the plain loop."""
+    torch.manual_seed(0)
+    denoiser = Denoiser(12, hidden=hidden, time_dim=4).eval()
+    for p in denoiser.parameters():  # larger weights than the init, so a wrong coefficient shows
+        p.data.normal_(0, 0.5)
+    diffusion = GaussianDiffusion(BETAS)
+    x0 = torch.randint(0, 2, (4, 12), generator=torch.Generator().manual_seed(5)).float()
+    torch.manual_seed(3)
+    fast, fast_traj = diffusion.reverse(denoiser, x0, forward_steps, return_trajectory=True)
+    torch.manual_seed(3)
+    plain, plain_traj = diffusion.reverse(Opaque(denoiser), x0, forward_steps, return_trajectory=True)
+    assert len(fast_traj) == len(plain_traj) == len(BETAS) + 1
+    for got, want in zip(fast_traj, plain_traj):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    torch.manual_seed(3)
+    torch.testing.assert_close(diffusion.reverse(denoiser, x0, forward_steps), fast)  # no trajectory: same
+
+
+def test_hidden_space_reverse_follows_weight_updates():
+    """W_0 W_L is cached only inside frozen_weights(): outside it, a weight update is always seen."""
+    torch.manual_seed(0)
+    denoiser = Denoiser(12, hidden=(7,), time_dim=4).eval()
+    diffusion = GaussianDiffusion(BETAS)
+    x0 = torch.randint(0, 2, (4, 12), generator=torch.Generator().manual_seed(5)).float()
+    with frozen_weights(denoiser):
+        before = diffusion.reverse(denoiser, x0)
+        assert denoiser._mix is not None  # computed once for the block
+        torch.testing.assert_close(diffusion.reverse(denoiser, x0), before)
+    assert denoiser._mix is None
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=0.1, fused=True)
+    for p in denoiser.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    after = diffusion.reverse(denoiser, x0)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, diffusion.reverse(Opaque(denoiser), x0), rtol=1e-4, atol=1e-5)
+    denoiser.load_state_dict(Denoiser(12, hidden=(7,), time_dim=4).state_dict())
+    torch.testing.assert_close(diffusion.reverse(denoiser, x0), diffusion.reverse(Opaque(denoiser), x0),
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("forward_steps", [-1, 6])
 def test_reverse_rejects_bad_forward_steps(forward_steps):
     with pytest.raises(ValueError, match="forward_steps"):
@@ -404,17 +460,10 @@ def test_denoiser_dropout_is_inverted_dropout_with_rate_p():
     torch.manual_seed(0)
     denoiser = Denoiser(20000, hidden=(4,), time_dim=4, dropout=0.3).train()
     seen = []
-    denoiser.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    product = denoiser.input_product
+    denoiser.input_product = lambda x: seen.append(x) or product(x)  # what layer 0 sees
     x = torch.full((2, 20000), 2.0)
     denoiser(x, torch.tensor([1, 2]))
     kept = seen[0] != 0
     assert float(kept.float().mean()) == pytest.approx(0.7, abs=0.01)
     torch.testing.assert_close(seen[0][kept], torch.full((int(kept.sum()),), 2.0 / 0.7))
-
-
-def test_denoiser_normalize_input():
-    torch.manual_seed(0)
-    denoiser = Denoiser(6, hidden=(4,), time_dim=4, normalize_input=True).eval()
-    x = torch.rand(2, 6) + 0.1
-    t = torch.tensor([1, 2])
-    assert torch.allclose(denoiser(x, t), denoiser(3.0 * x, t), atol=1e-6)  # scale-free input

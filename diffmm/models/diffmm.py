@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from diffmm.config import DiffMMConfig
 from diffmm.contrastive import info_nce
+from diffmm.denoiser import frozen_weights
 from diffmm.data.dataset import RecDataset
 from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout, sym_normalize, topk_interactions
 from diffmm.models.base import Recommender, adam, bpr
@@ -227,11 +228,12 @@ class DiffMM(Recommender):
         features = self.modal_features()
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
         top = {m: [] for m in self.modalities}
-        for users, rows in self._user_batches(shuffle=False):
-            for m, generator in self.generators.items():
-                with self._autocast():
-                    scores = generator.scores(rows, users, contexts[m])
-                top[m].append(scores.float().topk(self.config.rebuild_k, dim=1).indices)
+        with frozen_weights(self.generators):
+            for users, rows in self._user_batches(shuffle=False):
+                for m, generator in self.generators.items():
+                    with self._autocast():
+                        scores = generator.scores(rows, users, contexts[m])
+                    top[m].append(scores.float().topk(self.config.rebuild_k, dim=1).indices)
         self.train(was_training)
         users = np.arange(self.n_users)
         return {m: topk_interactions(users, torch.cat(t).cpu().numpy(), self.n_items, self.n_users)
