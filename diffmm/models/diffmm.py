@@ -206,18 +206,18 @@ class DiffMM(Recommender):
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
         totals, n = {}, 0
         for users, rows in self._user_batches(shuffle=True):
-            optimizer.zero_grad(set_to_none=True)
-            # the generators share no parameters: one backward per modality gives the gradients of
-            # the summed loss while only one modality's activations are alive at a time
+            # the generators share no parameters, so the step on the summed loss is one backward and
+            # one step per modality (Adam skips parameters without a gradient): only one modality's
+            # activations and gradients are alive at a time
             for m, generator in self.generators.items():
                 with self._autocast():
                     parts = generator.loss(rows, users, contexts[m])
                 parts["loss"].backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
                 for name, value in parts.items():
                     totals[f"{m}_{name}"] = totals.get(f"{m}_{name}", 0.0) + float(value.detach())
-            optimizer.step()
             n += 1
-        optimizer.zero_grad(set_to_none=True)  # the denoisers' gradients are not needed until next epoch
         return {f"gen_{k}": v / n for k, v in totals.items()}
 
     @torch.no_grad()
