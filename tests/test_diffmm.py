@@ -299,6 +299,7 @@ ABLATIONS = [
     dict(fusion_ratio=1.0),
     dict(cl_anchor="main"),
     dict(cl_anchor="modality", projection="linear", keep_rate=1.0),
+    dict(precision="bf16", cl_anchor="main"),  # autocast denoisers, bf16 InfoNCE products
 ]
 
 

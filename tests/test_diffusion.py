@@ -357,6 +357,20 @@ def test_reverse_in_hidden_space_equals_the_plain_loop(hidden, forward_steps):
     torch.testing.assert_close(diffusion.reverse(denoiser, x0, forward_steps), fast)  # no trajectory: same
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_hidden_space_reverse_under_bf16_autocast(device):
+    torch.manual_seed(0)
+    denoiser = Denoiser(64, hidden=(32,), time_dim=8).eval().to(device)
+    diffusion = GaussianDiffusion(BETAS).to(device)
+    x0 = (torch.rand(6, 64, device=device) < 0.1).float()
+    plain = diffusion.reverse(Opaque(denoiser), x0)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        fast = diffusion.reverse(denoiser, x0)
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, plain, rtol=0.05, atol=0.03)
+
+
 def test_hidden_space_reverse_follows_weight_updates():
     """W_0 W_L is cached only inside frozen_weights(): outside it, a weight update is always seen."""
     torch.manual_seed(0)
