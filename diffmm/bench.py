@@ -90,7 +90,10 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     from diffmm.utils import resolve_device, seed_everything
 
     device = str(resolve_device(train.device))
-    before = {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
+    def rates_now() -> dict[str, float]:
+        return {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
+
+    before = rates_now()
     flops = epoch_flops(dataset, cfg, train)
     seed_everything(train.seed)
     model = DiffMM(dataset, cfg.replace(precision=precision))
@@ -103,7 +106,7 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     out["evaluation_s"] /= 2  # the trainer evaluates valid and test; one full-ranking pass is half
     epoch_s = out["generator_train_s"] + out["graph_generation_s"] + out["recommender_s"] + out["evaluation_s"]
     # a shared machine's speed drifts: the floor uses the mean of the rates measured before and after
-    after = {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
+    after = rates_now()
     rates = {k: (before[k] + after[k]) / 2 for k in before}
     rate = rates[precision]
     out.update(epoch_s=epoch_s, floor_s=flops.total / rate, tflop_per_epoch=flops.total / 1e12,

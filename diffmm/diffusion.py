@@ -70,6 +70,8 @@ class GaussianDiffusion(nn.Module):
                                  posterior_coef_x0=np.nan_to_num(coef_x0),
                                  posterior_variance=np.nan_to_num(variance)).items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
+        # the same Eq. 10 coefficients as Python floats: the hidden-space reverse reads them per step
+        # without a device round trip
         self._coef_x0, self._coef_xt = np.nan_to_num(coef_x0).tolist(), np.nan_to_num(coef_xt).tolist()
 
     @staticmethod
