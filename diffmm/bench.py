@@ -16,7 +16,9 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.special import gammaln
 
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
@@ -51,6 +53,20 @@ class EpochFlops:
         return self.generator_train + self.graph_generation + self.recommender + self.evaluation
 
 
+def expected_distinct(degrees: np.ndarray, draws: int) -> float:
+    """Expected number of distinct nodes among ``draws`` of the ``nnz`` training pairs drawn without replacement.
+
+    A node of degree d is absent with probability C(nnz - d, draws) / C(nnz, draws) (hypergeometric).
+    """
+    nnz = float(degrees.sum())
+    draws = min(draws, int(nnz))
+    rest = nnz - degrees
+    log_absent = (gammaln(rest + 1) - gammaln(np.maximum(rest - draws, 0) + 1)
+                  - gammaln(nnz + 1) + gammaln(nnz - draws + 1))
+    absent = np.where(rest >= draws, np.exp(log_absent), 0.0)
+    return float((1 - absent).sum())
+
+
 def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> EpochFlops:
     """Dense matmul FLOPs of one DiffMM epoch (sparse products and elementwise work are ignored).
 
@@ -58,7 +74,8 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
     user, training adds ~2x for the backward pass. Generation runs in the hidden space
     (:meth:`GaussianDiffusion.reverse`): per modality one W_0 W_L product, then per user T passes
     through the middle layers, T - 1 (H_L x H_0) recursion products and one output product.
-    Contrastive: per BPR step and per InfoNCE term, (B x d) @ (d x N) forward plus 2 such backward.
+    Contrastive: per BPR step and per InfoNCE term, (B' x d) @ (d x N) forward plus 2 such backward,
+    with B' the expected number of distinct users (items) among the batch's B draws.
     """
     U, I, M, d = dataset.n_users, dataset.n_items, len(dataset.item_features), cfg.dim
     sizes = [I + cfg.time_dim, *cfg.denoiser_hidden, I]
@@ -72,7 +89,8 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
     steps = -(-dataset.train.nnz // train.batch_size)
     B = train.batch_size
     n_terms = M if cfg.cl_anchor == "main" else M * (M - 1) // 2
-    cl = steps * n_terms * 3 * 2 * B * d * (U + I) if cfg.cl_weight else 0
+    distinct_users, distinct_items = (expected_distinct(np.diff(m.indptr), B) for m in (dataset.train, dataset.train.T.tocsr()))
+    cl = steps * n_terms * 3 * 2 * d * (distinct_users * U + distinct_items * I) if cfg.cl_weight else 0
     n_eval = int((dataset.valid.getnnz(axis=1) > 0).sum() + (dataset.test.getnnz(axis=1) > 0).sum())
     evaluation = 2 * n_eval * d * I
     return EpochFlops(generator_train, graph_generation, cl, evaluation)

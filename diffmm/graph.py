@@ -48,15 +48,26 @@ def _torch_csr(matrix: sp.csr_matrix, device) -> torch.Tensor:
         torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape, device=device)
 
 
+def sparse_mm(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for a sparse CSR ``matrix``, without autograd.
+
+    ``torch.sparse.mm`` zero-fills its output and then copies it once more before the product;
+    ``addmm`` with ``beta=0`` into an empty output skips both passes (2-5x faster for the TikTok
+    graph times 128 columns on CPU; the result is the same, bit for bit).
+    """
+    out = torch.empty(matrix.shape[0], dense.shape[1], dtype=dense.dtype, device=dense.device)
+    return torch.addmm(out, matrix, dense, beta=0, out=out)
+
+
 class _SparseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix, transposed, dense):
         ctx.transposed = transposed
-        return torch.sparse.mm(matrix, dense)
+        return sparse_mm(matrix, dense)
 
     @staticmethod
     def backward(ctx, grad):
-        return None, None, torch.sparse.mm(ctx.transposed, grad)
+        return None, None, sparse_mm(ctx.transposed, grad.contiguous())
 
 
 class Adjacency:
@@ -79,7 +90,7 @@ class Adjacency:
     def __matmul__(self, dense: torch.Tensor) -> torch.Tensor:
         if dense.requires_grad:
             return _SparseMatmul.apply(self.matrix, self.transposed, dense)
-        return torch.sparse.mm(self.matrix, dense)
+        return sparse_mm(self.matrix, dense)
 
     def __repr__(self) -> str:
         return f"Adjacency(shape={tuple(self.shape)}, nnz={self.nnz}, device={self.matrix.device})"

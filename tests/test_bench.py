@@ -1,5 +1,6 @@
 """The benchmark's FLOP count (by hand) and its report on a tiny synthetic set."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,9 +31,16 @@ def test_epoch_flops_by_hand(data):
     assert flops.generator_train == U * 2 * (3 * forward + 3 * msi)  # 2 modalities, forward + backward
     # hidden-space reverse, T = 3: W_0 W_L once per modality; per user 2 recursion products + 1 output product
     assert flops.graph_generation == 2 * (2 * 16 * I * 16 + U * (2 * 2 * 16 * 16 + 2 * 16 * I))
-    assert flops.recommender == steps * 2 * 3 * 2 * 32 * d * (U + I)  # Eq. 19: one term per modality
+    # distinct users / items among 32 draws of training pairs, by simulation
+    rng = np.random.default_rng(0)
+    pair_users, pair_items = data.train.nonzero()
+    draws = [rng.choice(data.train.nnz, 32, replace=False) for _ in range(4000)]
+    b_u = np.mean([len(np.unique(pair_users[x])) for x in draws])
+    b_i = np.mean([len(np.unique(pair_items[x])) for x in draws])
+    main = steps * 2 * 3 * 2 * d * (b_u * U + b_i * I)  # Eq. 19: one term per modality
+    assert flops.recommender == pytest.approx(main, rel=0.02)
     pairs = epoch_flops(data, small_config(cl_anchor="modality"), train).recommender
-    assert pairs == steps * 1 * 3 * 2 * 32 * d * (U + I)  # Eq. 18: one unordered modality pair
+    assert pairs == pytest.approx(flops.recommender / 2, rel=1e-12)  # Eq. 18: one unordered modality pair
     assert epoch_flops(data, small_config(cl_weight=0.0), train).recommender == 0
 
 

@@ -140,7 +140,8 @@ def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_row
     gen = torch.Generator().manual_seed(0)
     anchor = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
     other = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
-    nodes = torch.tensor([3, 0, 49, 3, 17, 8, 21, 30, 11, 2, 5, 6, 40, 41, 42, 1, 9])
+    # repeated nodes (3 three times, 49 twice) share one log-sum-exp weighted by their count
+    nodes = torch.tensor([3, 0, 49, 3, 17, 8, 21, 30, 11, 2, 5, 6, 40, 41, 42, 1, 9, 3, 49])
     a = torch.nn.functional.normalize(anchor[nodes], dim=-1) / tau
     o = torch.nn.functional.normalize(other, dim=-1)
     logits = a @ o.T
