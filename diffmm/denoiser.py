@@ -9,6 +9,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from diffmm.graph import sparse_mm
+
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding [cos(t f_k), sin(t f_k)], f_k = 10000^(-k / (dim/2)); shape (B, dim)."""
@@ -24,15 +26,16 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 @contextlib.contextmanager
 def frozen_weights(module: nn.Module) -> Iterator[None]:
     """Promise that no :class:`Denoiser` inside ``module`` changes its weights within the block, so
-    each computes the (H_0, H_L) map of :meth:`Denoiser.output_to_input` once for all its reverse calls."""
+    each computes the maps derived from its weights (:meth:`Denoiser.output_to_input`, the transposed
+    input block of :meth:`Denoiser.input_product`) once for all its reverse calls."""
     denoisers = [m for m in module.modules() if isinstance(m, Denoiser)]
     for d in denoisers:
-        d._frozen, d._mix = True, None
+        d._frozen, d._derived = True, {}
     try:
         yield
     finally:
         for d in denoisers:
-            d._frozen, d._mix = False, None
+            d._frozen, d._derived = False, {}
 
 
 class Denoiser(nn.Module):
@@ -53,7 +56,7 @@ class Denoiser(nn.Module):
                  dropout: float = 0.5):
         super().__init__()
         self.time_dim = time_dim
-        self._frozen, self._mix = False, None  # see frozen_weights()
+        self._frozen, self._derived = False, {}  # see frozen_weights()
         self.time_proj = nn.Linear(time_dim, time_dim)
         sizes = [n_items, *hidden, n_items]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -66,26 +69,37 @@ class Denoiser(nn.Module):
             if layer.bias is not None:
                 nn.init.normal_(layer.bias, 0.0, 0.001)
 
+    def _derive(self, name: str, compute) -> tuple[torch.Tensor, ...]:
+        """``compute()``, a map derived from the weights: per call, or once inside :func:`frozen_weights`."""
+        if name in self._derived:
+            return self._derived[name]
+        with torch.no_grad(), torch.autocast(self.layers[0].weight.device.type, enabled=False):
+            value = compute()
+        if self._frozen:
+            self._derived[name] = value
+        return value
+
     def input_product(self, x: torch.Tensor) -> torch.Tensor:
-        """W_0 x: layer 0's items block without its bias, (B, H_0); ``x`` dense or sparse."""
+        """W_0 x: layer 0's items block without its bias, (B, H_0); ``x`` dense or sparse (CSR or COO).
+
+        A sparse ``x`` (the observed vectors at T' = 0) is multiplied as sparse, in float32 (CUDA has
+        no bf16 sparse product), against a row-major copy of W_0^T.
+        """
         weight = self.layers[0].weight
-        if x.is_sparse:
-            with torch.autocast(x.device.type, enabled=False):  # CUDA has no bf16 sparse product
-                return torch.sparse.mm(x.float(), weight.T)
-        return nn.functional.linear(x, weight)
+        if x.layout == torch.strided:
+            return nn.functional.linear(x, weight)
+        x = x.to_sparse_csr() if x.layout != torch.sparse_csr else x
+        (weight_t,) = self._derive("input_t", lambda: (weight.T.contiguous(),))
+        with torch.autocast(x.device.type, enabled=False):
+            return sparse_mm(x.float(), weight_t)
 
     def output_to_input(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_0 W_L, W_0 b_L): the output layer followed by the next input product, as one (H_0, H_L) map.
 
         Used by the hidden-space reverse. Computed per call, or once inside :func:`frozen_weights`.
         """
-        if self._mix is None or not self._frozen:
-            first, last = self.layers[0].weight, self.layers[-1]
-            with torch.no_grad(), torch.autocast(first.device.type, enabled=False):
-                mix = (first @ last.weight, first @ last.bias)
-            self._mix = mix if self._frozen else None
-            return mix
-        return self._mix
+        first, last = self.layers[0].weight, self.layers[-1]
+        return self._derive("mix", lambda: (first @ last.weight, first @ last.bias))
 
     def hidden(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The last hidden activation (B, H_L) from z = W_0 x: layer 0 on [x, emb(t)], tanh, middle layers."""
@@ -100,6 +114,6 @@ class Denoiser(nn.Module):
         Returns the predicted x0, (B, n_items): W_L hidden(W_0 x, t) + b_L.
         """
         if self.training and self.dropout > 0:  # inverted dropout; a uniform mask is ~2x faster than bernoulli_
-            x = x.to_dense() if x.is_sparse else x
+            x = x.to_dense() if x.layout != torch.strided else x
             x = x * torch.rand_like(x).ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
         return self.layers[-1](self.hidden(self.input_product(x), t))

@@ -114,18 +114,21 @@ class GaussianDiffusion(nn.Module):
                 return_trajectory: bool = False):
         """Sec. 2.2.3 inference: noise x0 for T' forward steps, then T deterministic reverse steps.
 
-        alpha_hat_{t-1} = mu_theta(alpha_hat_t, t) (Eq. 10, variance ignored). Returns alpha_hat_0
-        (B, n_items), and the list [alpha_hat_T', ..., alpha_hat_0] if ``return_trajectory``.
+        alpha_hat_{t-1} = mu_theta(alpha_hat_t, t) (Eq. 10, variance ignored). ``x0``: (B, n_items), dense
+        or sparse. Returns alpha_hat_0 (B, n_items), and the list [alpha_hat_T', ..., alpha_hat_0] if ``return_trajectory``.
         ``denoiser(x, t)`` may be any x0-predictor; an MLP with ``input_product``, ``hidden`` and ``output_to_input``
         (:class:`~diffmm.denoiser.Denoiser`) runs the same recursion in its hidden space.
         """
         if not 0 <= forward_steps <= self.steps:
             raise ValueError(f"forward_steps must be in [0, {self.steps}], got {forward_steps}")
-        x = x0
+        observed = x0  # dense, or sparse (CSR or COO)
+        x = x0 = x0.to_dense() if x0.layout != torch.strided else x0
         if forward_steps > 0:
             x = self.q_sample(x0, torch.full((x0.shape[0],), forward_steps, device=x0.device))
         if all(hasattr(denoiser, f) for f in ("input_product", "hidden", "output_to_input")):
-            return self._reverse_in_hidden_space(denoiser, x, forward_steps == 0, return_trajectory)
+            # the observed vector (T' = 0) is sparse and multiplied as such
+            first = (observed if observed.layout != torch.strided else x.to_sparse_csr()) if forward_steps == 0 else x
+            return self._reverse_in_hidden_space(denoiser, x, first, return_trajectory)
         trajectory = [x]
         for step in range(self.steps, 0, -1):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
@@ -134,7 +137,7 @@ class GaussianDiffusion(nn.Module):
                 trajectory.append(x)
         return (x, trajectory) if return_trajectory else x
 
-    def _reverse_in_hidden_space(self, denoiser: nn.Module, start: torch.Tensor, sparse_start: bool,
+    def _reverse_in_hidden_space(self, denoiser: nn.Module, start: torch.Tensor, first_input: torch.Tensor,
                                  return_trajectory: bool):
         """The reverse loop for a denoiser x0_hat(x, t) = W_L a(W_0 x, t) + b_L (exact algebra, no approximation).
 
@@ -146,8 +149,7 @@ class GaussianDiffusion(nn.Module):
         """
         last = denoiser.layers[-1]
         mix, mix_bias = denoiser.output_to_input()  # W_0 W_L (H_0, H_L), W_0 b_L (H_0,)
-        # W_0 alpha_start; the observed vector (T' = 0) is sparse and multiplied as such
-        z = denoiser.input_product(start.to_sparse() if sparse_start else start)
+        z = denoiser.input_product(first_input)  # W_0 alpha_start (first_input: alpha_start, maybe as sparse)
         acc, beta, g = None, 0.0, 1.0  # alpha_t = W_L acc + beta b_L + g alpha_start
 
         def state() -> torch.Tensor:

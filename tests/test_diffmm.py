@@ -19,7 +19,7 @@ from torch import nn
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
 from diffmm.data.synthetic import make_synthetic
-from diffmm.graph import Adjacency
+from diffmm.graph import Adjacency, SparseRows
 from diffmm.contrastive import info_nce
 from diffmm.models.diffmm import DiffMM
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext
@@ -88,7 +88,7 @@ def test_generator_loss_msi_eq14_and_eq24(msi_weight):
     item_emb = torch.randn(n_items, 3, generator=gen)  # e^i
     ctx = GeneratorContext(torch.randn(4, 3), item_emb, features, None)
     torch.manual_seed(11)
-    losses = generator.loss(rows, torch.arange(batch), ctx)
+    losses = generator.loss(rows.to_sparse_csr(), torch.arange(batch), ctx)
     # independent float64 recomputation with the same random draws (t first, then eps)
     torch.manual_seed(11)
     t = torch.randint(1, cfg.steps + 1, (batch,)).numpy()
@@ -265,6 +265,20 @@ def test_adjacency_sparse_equals_dense_with_gradient():
     (Adjacency(sym, symmetric=True) @ x2).double().mul(w).sum().backward()
     np.testing.assert_allclose(np64(x2.grad), sym.toarray().T @ w.numpy(), rtol=1e-5, atol=1e-6)
     assert "nnz" in repr(adj)
+
+
+def test_sparse_rows_batches_equal_scipy_rows():
+    m = sp.random(9, 6, density=0.3, random_state=2, format="csr", dtype=np.float32)
+    for a, b in zip(m.indptr[:-1], m.indptr[1:]):  # columns in descending order within each row
+        m.indices[a:b], m.data[a:b] = m.indices[a:b][::-1].copy(), m.data[a:b][::-1].copy()
+    m.has_sorted_indices = False
+    rows = SparseRows(m)
+    users = torch.tensor([4, 0, 4, 8, int(np.argmin(m.getnnz(axis=1)))])  # a repeat and the emptiest row
+    batch = rows.csr(users)
+    assert batch.layout == torch.sparse_csr and batch.shape == (5, 6)
+    np.testing.assert_array_equal(batch.to_dense().numpy(), m[users.numpy()].toarray())
+    r, c = rows.coordinates(users)
+    np.testing.assert_array_equal(np.sort(r.numpy() * 6 + c.numpy()), np.flatnonzero(m[users.numpy()].toarray()))
 
 
 # ----------------------------------------------------------------------------------- shapes, losses

@@ -189,8 +189,8 @@ class DiffMM(Recommender):
         return contextlib.nullcontext()
 
     def train_rows(self, users: torch.Tensor) -> torch.Tensor:
-        """Dense (B, I) training rows alpha_0 of the given users, gathered on the device."""
-        return self.on_device("rows", lambda device: SparseRows(self._train, device)).dense(users)
+        """(B, I) training rows alpha_0 of the given users as a sparse CSR tensor, gathered on the device."""
+        return self.on_device("rows", lambda device: SparseRows(self._train, device)).csr(users)
 
     def _user_batches(self, shuffle: bool):
         order = torch.randperm(self.n_users) if shuffle else torch.arange(self.n_users)

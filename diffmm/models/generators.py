@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from diffmm.config import DiffMMConfig
 from diffmm.denoiser import Denoiser
 from diffmm.diffusion import GaussianDiffusion, linear_schedule
-from diffmm.graph import Adjacency
+from diffmm.graph import Adjacency, sparse_mm
 
 
 @dataclass
@@ -39,13 +39,13 @@ class DiffusionGenerator(nn.Module):
         self.denoiser = Denoiser(n_items, config.denoiser_hidden, config.time_dim, config.denoiser_dropout)
 
     def loss(self, rows: torch.Tensor, users: torch.Tensor, ctx: GeneratorContext) -> dict[str, torch.Tensor]:
-        """rows: (B, I) observed vectors alpha_0 of ``users``. Returns the batch losses."""
-        elbo, x0_hat = self.diffusion.elbo_terms(self.denoiser, rows)  # Eq. 11-13
+        """rows: (B, I) observed vectors alpha_0 of ``users``, sparse CSR. Returns the batch losses."""
+        elbo, x0_hat = self.diffusion.elbo_terms(self.denoiser, rows.to_dense())  # Eq. 11-13
         losses = {"elbo": elbo.mean()}
         if self.config.msi_weight:
             # Eq. 14: || alpha_hat_0 . e_m^i - alpha_0 . e^i ||^2 (mean over d, as the authors' code)
             with torch.autocast(rows.device.type, enabled=False):  # CUDA has no bf16 sparse product
-                observed = torch.sparse.mm(rows.float().to_sparse(), ctx.item_embedding.float())
+                observed = sparse_mm(rows, ctx.item_embedding.float())
             msi = (x0_hat @ ctx.features - observed).square().mean(-1)
             losses["msi"] = msi.mean()
         losses["loss"] = losses["elbo"] + self.config.msi_weight * losses.get("msi", 0.0)  # Eq. 24
@@ -54,7 +54,7 @@ class DiffusionGenerator(nn.Module):
     @torch.no_grad()
     def scores(self, rows: torch.Tensor, users: torch.Tensor, ctx: GeneratorContext,
                return_trajectory: bool = False):
-        """Denoised interaction scores alpha_hat_0 (B, I) by the inference of Sec. 2.2.3."""
+        """Denoised interaction scores alpha_hat_0 (B, I) by the inference of Sec. 2.2.3; rows sparse CSR."""
         return self.diffusion.reverse(self.denoiser, rows, self.config.forward_steps, return_trajectory)
 
 
@@ -76,6 +76,7 @@ class VGAEGenerator(nn.Module):
         return self.mu(h), self.log_sigma(h).clamp(-10, 10)
 
     def loss(self, rows: torch.Tensor, users: torch.Tensor, ctx: GeneratorContext) -> dict[str, torch.Tensor]:
+        rows = rows.to_dense()
         mu, log_sigma = self.encode(ctx)
         z = mu + torch.randn_like(mu) * log_sigma.exp()
         logits = z[users] @ z[self.n_users:].T  # (B, I)
