@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 CHILD = r"""
+import os
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as python -m diffmm does, before torch loads
 import json, resource, sys, time, torch
 from diffmm.utils import return_large_buffers_to_os
 return_large_buffers_to_os()  # as the CLI does

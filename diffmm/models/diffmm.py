@@ -228,9 +228,9 @@ class DiffMM(Recommender):
         features = self.modal_features()
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
         top = {m: [] for m in self.modalities}
-        with frozen_weights(self.generators):
-            for users, rows in self._user_batches(shuffle=False):
-                for m, generator in self.generators.items():
+        for m, generator in self.generators.items():  # one modality's cached weight maps alive at a time
+            with frozen_weights(generator):
+                for users, rows in self._user_batches(shuffle=False):
                     with self._autocast():
                         scores = generator.scores(rows, users, contexts[m])
                     top[m].append(scores.float().topk(self.config.rebuild_k, dim=1).indices)
