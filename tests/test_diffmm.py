@@ -130,13 +130,14 @@ def test_info_nce_hand_case():
     assert float(info_nce(5 * anchor, 0.1 * other, torch.tensor([0, 2]), tau)) == pytest.approx(got, rel=1e-5)
 
 
-@pytest.mark.parametrize("chunk_rows", [1, 7, 64])
-def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_rows):
-    """The fused, chunked log-sum-exp gives the loss and both gradients of explicit float64 logits."""
+@pytest.mark.parametrize("chunk_rows, row_multiple", [(1, 1), (7, 1), (64, 1), (10, 5), (64, 16)])
+def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_rows, row_multiple):
+    """The fused, chunked (and zero-padded) log-sum-exp gives the loss and both gradients of explicit float64 logits."""
     import diffmm.contrastive as contrastive
 
     n, d, tau = 50, 8, 0.2
     monkeypatch.setattr(contrastive, "CHUNK_BYTES", 4 * n * chunk_rows)  # chunks of ``chunk_rows`` anchors
+    monkeypatch.setattr(contrastive, "ROW_MULTIPLE", row_multiple)  # 16 distinct anchors, padded to 20 with 5
     gen = torch.Generator().manual_seed(0)
     anchor = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
     other = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
