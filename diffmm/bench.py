@@ -4,7 +4,7 @@ In one run it (1) measures the matmul rate of this machine in float32 and bfloat
 the floating-point work of one epoch from the data sizes and the config, (3) trains a few epochs
 timing each phase (generator training, graph generation, recommender training, evaluation),
 and (4) records peak memory. ``floor_s`` = FLOPs / matmul rate at the chosen precision (mean of the rates measured before and
-after training: the machine may be shared).
+after training, in a child process: the machine may be shared).
 The last line printed is JSON, for scripts.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -39,6 +41,19 @@ def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times)
+
+
+def matmul_rates_in_child(device: str, threads: int) -> dict[str, float]:
+    """fp32 and bf16 :func:`matmul_rate` measured in a child process on the same machine.
+
+    The probe's 2048 x 2048 products leave BLAS / oneDNN buffers behind (~60-80 MB on CPU); run here,
+    they would count toward the peak RSS that the bench reports for training.
+    """
+    code = ("import json, sys, torch; from diffmm.bench import matmul_rate; torch.set_num_threads(int(sys.argv[2])); "
+            "print(json.dumps({k: matmul_rate(getattr(torch, d), device=sys.argv[1]) "
+            "for k, d in (('fp32', 'float32'), ('bf16', 'bfloat16'))}))")
+    out = subprocess.run([sys.executable, "-c", code, device, str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -108,8 +123,9 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     from diffmm.utils import resolve_device, seed_everything
 
     device = str(resolve_device(train.device))
+
     def rates_now() -> dict[str, float]:
-        return {"fp32": matmul_rate(torch.float32, device=device), "bf16": matmul_rate(torch.bfloat16, device=device)}
+        return matmul_rates_in_child(device, torch.get_num_threads())
 
     before = rates_now()
     flops = epoch_flops(dataset, cfg, train)

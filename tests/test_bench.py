@@ -77,3 +77,4 @@ def test_fused_adam_takes_the_same_step_as_plain_adam(data):
     assert fused.defaults["fused"]
     for p, c in zip(params, copies):
         torch.testing.assert_close(p, c, rtol=1e-5, atol=1e-6)
+

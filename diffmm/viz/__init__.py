@@ -13,30 +13,24 @@ is skipped, or an error is raised if you ask for it with ``png=True``.
 - :mod:`diffmm.viz.cli`: ``python -m diffmm figures --run <run dir>``.
 """
 
-from diffmm.viz.graphs import (
-    case_study_figure,
-    case_users,
-    denoising_figure,
-    denoising_frame,
-    modality_similarity,
-    similarity_heatmap,
-    subgraph_figure,
-    user_subgraph,
-)
-from diffmm.viz.plots import (
-    fusion_ratio_figure,
-    hyperparameter_figure,
-    hyperparameter_heatmap,
-    modality_weights_figure,
-    save_figure,
-    sparsity_figure,
-    sparsity_table,
-    training_curves,
-)
+import importlib
 
-__all__ = [
-    "sparsity_table", "sparsity_figure", "fusion_ratio_figure", "hyperparameter_figure", "hyperparameter_heatmap",
-    "training_curves", "modality_weights_figure", "save_figure",
-    "user_subgraph", "subgraph_figure", "modality_similarity", "similarity_heatmap", "case_study_figure", "case_users",
-    "denoising_frame", "denoising_figure",
-]
+_SOURCES = {
+    "graphs": ["case_study_figure", "case_users", "denoising_figure", "denoising_frame", "modality_similarity",
+               "similarity_heatmap", "subgraph_figure", "user_subgraph"],
+    "plots": ["fusion_ratio_figure", "hyperparameter_figure", "hyperparameter_heatmap", "modality_weights_figure",
+              "save_figure", "sparsity_figure", "sparsity_table", "training_curves"],
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """Load plotly and networkx only when a figure function is first used (``python -m diffmm`` stays lean)."""
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"diffmm.viz.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module 'diffmm.viz' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return __all__
