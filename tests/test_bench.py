@@ -42,6 +42,10 @@ def test_epoch_flops_by_hand(data):
     pairs = epoch_flops(data, small_config(cl_anchor="modality"), train).recommender
     assert pairs == pytest.approx(flops.recommender / 2, rel=1e-12)  # Eq. 18: one unordered modality pair
     assert epoch_flops(data, small_config(cl_weight=0.0), train).recommender == 0
+    # the plain way: T item-wide denoiser passes per user and modality, one log-sum-exp per drawn node
+    assert flops.plain_graph_generation == U * 2 * 3 * forward
+    assert flops.plain_recommender == steps * 2 * 3 * 2 * 32 * d * (U + I)
+    assert flops.plain_total > flops.total
 
 
 def test_matmul_rate_is_positive_and_finite():
