@@ -126,8 +126,8 @@ class GaussianDiffusion(nn.Module):
         if forward_steps > 0:
             x = self.q_sample(x0, torch.full((x0.shape[0],), forward_steps, device=x0.device))
         if all(hasattr(denoiser, f) for f in ("input_product", "hidden", "output_to_input")):
-            # the observed vector (T' = 0) is sparse and multiplied as such
-            first = (observed if observed.layout != torch.strided else x.to_sparse_csr()) if forward_steps == 0 else x
+            # at T' = 0 the first input product takes the observed vectors as given (sparse stays sparse)
+            first = observed if forward_steps == 0 else x
             return self._reverse_in_hidden_space(denoiser, x, first, return_trajectory)
         trajectory = [x]
         for step in range(self.steps, 0, -1):
