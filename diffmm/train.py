@@ -24,7 +24,7 @@ from diffmm.data.dataset import RecDataset
 from diffmm.data.sampling import NegativeSampler
 from diffmm.evaluate import EvalResult, evaluate
 from diffmm.models.base import Recommender
-from diffmm.utils import atomic_path, resolve_device, seed_everything
+from diffmm.utils import atomic_path, resolve_device, seed_everything, trim_heap
 
 
 class Callback:
@@ -108,7 +108,9 @@ class Trainer:
         model, cfg = self.model, self.config
         model.train()
         t0 = time.perf_counter()
+        trim_heap()  # each phase starts without the previous phase's freed blocks
         record = dict(model.before_epoch(self.epoch, self.optimizers, progress=cfg.progress))
+        trim_heap()
         t1 = time.perf_counter()
         totals: dict[str, float] = {}
         n_batches = self.sampler.n_batches(cfg.batch_size)

@@ -53,6 +53,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Called between an epoch's phases: each phase leaves freed blocks of its own sizes on the heap,
+    and without a trim the next phase's peak sits on top of them (TikTok: ~100 MB of peak RSS).
+    """
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def return_large_buffers_to_os(threshold_bytes: int | None = None) -> bool:
     """Serve heap allocations >= ``threshold_bytes`` with mmap, so freed large buffers leave the process.
 
@@ -65,11 +85,8 @@ def return_large_buffers_to_os(threshold_bytes: int | None = None) -> bool:
     """
     if threshold_bytes is None:
         threshold_bytes = int(os.environ.get("DIFFMM_MMAP_THRESHOLD", 16 << 20))
-    if threshold_bytes <= 0 or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if threshold_bytes <= 0 or libc is None:
         return False
     M_MMAP_THRESHOLD = -3
     return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))

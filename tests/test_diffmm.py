@@ -345,9 +345,15 @@ def test_ablation_switches_run_and_compute_only_what_is_used(synthetic, override
 
 
 # ------------------------------------------------------------------------ generation and checkpoints
-def test_generator_pass_equals_one_step_on_the_summed_loss(synthetic):
+@pytest.mark.parametrize("chunk_rows", [None, 7])
+def test_generator_pass_equals_one_step_on_the_summed_loss(synthetic, monkeypatch, chunk_rows):
     """train_generators steps each modality's denoiser right after its backward; with no shared
-    parameters this is the same update as one Adam step on the sum of the modalities' Eq. 24 losses."""
+    parameters this is the same update as one Adam step on the sum of the modalities' Eq. 24 losses.
+    With row chunks, each batch's loss is the chunks' losses weighted by their share of the batch."""
+    import diffmm.models.diffmm as diffmm_module
+
+    if chunk_rows:
+        monkeypatch.setattr(diffmm_module, "GENERATOR_CHUNK_BYTES", 4 * synthetic.n_items * chunk_rows)
     torch.manual_seed(0)
     model = DiffMM(synthetic, DiffMMConfig(**SMALL))
     reference = copy.deepcopy(model)
@@ -358,9 +364,12 @@ def test_generator_pass_equals_one_step_on_the_summed_loss(synthetic):
     torch.manual_seed(1)
     features = reference.modal_features()
     contexts = {m: reference.generator_context(m, features) for m in reference.modalities}
-    for users, rows in reference._user_batches(shuffle=True):
+    for users, _ in reference._user_batches(shuffle=True, rows=False):
         ref_optimizer.zero_grad()
-        sum(g.loss(rows, users, contexts[m])["loss"] for m, g in reference.generators.items()).backward()
+        chunks = users.split(chunk_rows or len(users))
+        assert len(chunks) == (1 if chunk_rows is None else -(-len(users) // chunk_rows))
+        sum(len(c) / len(users) * g.loss(reference.train_rows(c), c, contexts[m])["loss"]
+            for m, g in reference.generators.items() for c in chunks).backward()
         ref_optimizer.step()
     for (name, got), want in zip(model.generators.named_parameters(), reference.generators.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)

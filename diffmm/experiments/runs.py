@@ -28,7 +28,7 @@ from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
 from diffmm.train import Callback, FitResult, Trainer
-from diffmm.utils import atomic_path, atomic_write_text, seed_everything
+from diffmm.utils import atomic_path, atomic_write_text, seed_everything, trim_heap
 
 
 def build_run_config(model: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
@@ -77,6 +77,8 @@ def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = Non
         config.save(out / "config.json")
     trainer = Trainer(model, dataset, train_config, out_dir=out, callbacks=callbacks, resume=resume)
     result = trainer.fit()
+    trainer.optimizers = {}  # training is over: free the optimizers' state before the reload and export below
+    trim_heap()
     if out:
         with atomic_path(out / "history.csv") as tmp:
             result.history.to_csv(tmp, index=False)

@@ -25,6 +25,8 @@ from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout, sym_nor
 from diffmm.models.base import Recommender, adam, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
 
+GENERATOR_CHUNK_BYTES = 16 << 20  # largest dense (rows x items) float32 block per generator backward
+
 
 class DiffMM(Recommender):
     """The DiffMM recommender.
@@ -192,31 +194,40 @@ class DiffMM(Recommender):
         """(B, I) training rows alpha_0 of the given users as a sparse CSR tensor, gathered on the device."""
         return self.on_device("rows", lambda device: SparseRows(self._train, device)).csr(users)
 
-    def _user_batches(self, shuffle: bool):
+    def _user_batches(self, shuffle: bool, rows: bool = True):
+        """(users, their training rows as CSR, or None if not ``rows``) per generator batch."""
         order = torch.randperm(self.n_users) if shuffle else torch.arange(self.n_users)
         order = order.to(self.device)
         for start in range(0, self.n_users, self.config.generator_batch_size):
             users = order[start:start + self.config.generator_batch_size]
-            yield users, self.train_rows(users)
+            yield users, self.train_rows(users) if rows else None
 
     def train_generators(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """One pass over all users: each modality's generator minimises Eq. 24."""
+        """One pass over all users: each modality's generator minimises Eq. 24.
+
+        A batch's loss is a mean over its users, so its gradient is accumulated over row chunks whose
+        dense (rows x items) tensors stay within ``GENERATOR_CHUNK_BYTES`` (TikTok: two halves of 512):
+        the same step, with about half the activation memory. Only one modality's activations and
+        gradients are alive at a time: the generators share no parameters, so one step per modality
+        (Adam skips parameters without a gradient) equals the step on the summed loss.
+        """
         with torch.no_grad():
             features = self.modal_features()
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
+        chunk = max(1, GENERATOR_CHUNK_BYTES // (4 * self.n_items))
         totals, n = {}, 0
-        for users, rows in self._user_batches(shuffle=True):
-            # the generators share no parameters, so the step on the summed loss is one backward and
-            # one step per modality (Adam skips parameters without a gradient): only one modality's
-            # activations and gradients are alive at a time
+        for users, _ in self._user_batches(shuffle=True, rows=False):
+            chunks = [(c, self.train_rows(c)) for c in users.split(chunk)]
             for m, generator in self.generators.items():
-                with self._autocast():
-                    parts = generator.loss(rows, users, contexts[m])
-                parts["loss"].backward()
+                for chunk_users, rows in chunks:
+                    share = len(chunk_users) / len(users)
+                    with self._autocast():
+                        parts = generator.loss(rows, chunk_users, contexts[m])
+                    (parts["loss"] * share).backward()
+                    for name, value in parts.items():
+                        totals[f"{m}_{name}"] = totals.get(f"{m}_{name}", 0.0) + share * float(value.detach())
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                for name, value in parts.items():
-                    totals[f"{m}_{name}"] = totals.get(f"{m}_{name}", 0.0) + float(value.detach())
             n += 1
         return {f"gen_{k}": v / n for k, v in totals.items()}
 
