@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import ctypes
 import os
 import sys
@@ -53,6 +54,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     if not sys.platform.startswith("linux"):
         return None

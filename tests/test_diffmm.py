@@ -364,7 +364,7 @@ def test_generator_pass_equals_one_step_on_the_summed_loss(synthetic, monkeypatc
     torch.manual_seed(1)
     features = reference.modal_features()
     contexts = {m: reference.generator_context(m, features) for m in reference.modalities}
-    for users, _ in reference._user_batches(shuffle=True, rows=False):
+    for users in reference._user_batches(shuffle=True):
         ref_optimizer.zero_grad()
         chunks = users.split(chunk_rows or len(users))
         assert len(chunks) == (1 if chunk_rows is None else -(-len(users) // chunk_rows))

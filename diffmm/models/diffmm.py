@@ -194,13 +194,10 @@ class DiffMM(Recommender):
         """(B, I) training rows alpha_0 of the given users as a sparse CSR tensor, gathered on the device."""
         return self.on_device("rows", lambda device: SparseRows(self._train, device)).csr(users)
 
-    def _user_batches(self, shuffle: bool, rows: bool = True):
-        """(users, their training rows as CSR, or None if not ``rows``) per generator batch."""
+    def _user_batches(self, shuffle: bool):
+        """The users of each generator batch (their rows come from :meth:`train_rows`)."""
         order = torch.randperm(self.n_users) if shuffle else torch.arange(self.n_users)
-        order = order.to(self.device)
-        for start in range(0, self.n_users, self.config.generator_batch_size):
-            users = order[start:start + self.config.generator_batch_size]
-            yield users, self.train_rows(users) if rows else None
+        yield from order.to(self.device).split(self.config.generator_batch_size)
 
     def train_generators(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One pass over all users: each modality's generator minimises Eq. 24.
@@ -216,7 +213,7 @@ class DiffMM(Recommender):
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
         chunk = max(1, GENERATOR_CHUNK_BYTES // (4 * self.n_items))
         totals, n = {}, 0
-        for users, _ in self._user_batches(shuffle=True, rows=False):
+        for users in self._user_batches(shuffle=True):
             chunks = [(c, self.train_rows(c)) for c in users.split(chunk)]
             for m, generator in self.generators.items():
                 for chunk_users, rows in chunks:
@@ -241,9 +238,9 @@ class DiffMM(Recommender):
         top = {m: [] for m in self.modalities}
         for m, generator in self.generators.items():  # one modality's cached weight maps alive at a time
             with frozen_weights(generator):
-                for users, rows in self._user_batches(shuffle=False):
+                for users in self._user_batches(shuffle=False):
                     with self._autocast():
-                        scores = generator.scores(rows, users, contexts[m])
+                        scores = generator.scores(self.train_rows(users), users, contexts[m])
                     top[m].append(scores.float().topk(self.config.rebuild_k, dim=1).indices)
         self.train(was_training)
         users = np.arange(self.n_users)
