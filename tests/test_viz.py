@@ -324,3 +324,31 @@ def test_figures_cli(tmp_path, per_user, capsys):
     (tmp_path / "lightgcn" / "per_user_test.csv").unlink()
     assert main(["figures", *runs, "--out", str(out)]) == 2
     assert "per_user_test.csv is missing" in capsys.readouterr().err
+
+
+def test_figures_cli_by_config_field(tmp_path, capsys):
+    from diffmm.cli import main
+    from diffmm.viz.cli import runs_by_field
+
+    runs = []
+    for name, rho, seed, recall in (("a", 0.0, 1, 0.10), ("b", 0.0, 2, 0.12), ("c", 0.5, 1, 0.08)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"model": "diffmm", "model_config": {"fusion_ratio": rho},
+                                                     "train": {"seed": seed}}))
+        (run / "metrics.json").write_text(json.dumps({"test": {"recall@20": recall, "ndcg@20": recall / 2}}))
+        runs.append(run)
+    table = runs_by_field(runs, "fusion_ratio")
+    assert table["fusion_ratio"].tolist() == [0.0, 0.5] and table["runs"].tolist() == [2, 1]
+    assert table["recall@20"].tolist() == pytest.approx([0.11, 0.08])
+    assert table["recall@20_std"].iloc[0] == pytest.approx(np.std([0.10, 0.12], ddof=1))
+    assert np.isnan(table["recall@20_std"].iloc[1])  # one run: no spread
+    assert runs_by_field(runs, "seed")["runs"].tolist() == [2, 1]  # train fields work too
+    out = tmp_path / "figures"
+    args = [a for run in runs for a in ("--run", str(run))]
+    assert main(["figures", *args, "--by", "fusion_ratio", "--out", str(out), "--no-png"]) == 0
+    assert [p.name for p in out.glob("*.html")] == ["fusion_ratio.html"]
+    fig = hyperparameter_figure(table, "fusion_ratio")
+    assert list(fig.data[0].error_y.array) == pytest.approx([np.std([0.10, 0.12], ddof=1), 0.0])
+    assert main(["figures", *args, "--by", "omega", "--out", str(out)]) == 2
+    assert "no field 'omega'" in capsys.readouterr().err

@@ -203,7 +203,7 @@ class DiffMM(Recommender):
         """One pass over all users: each modality's generator minimises Eq. 24.
 
         A batch's loss is a mean over its users, so its gradient is accumulated over row chunks whose
-        dense (rows x items) tensors stay within ``GENERATOR_CHUNK_BYTES`` (TikTok: two halves of 512):
+        dense (rows x items) tensors stay within ``GENERATOR_CHUNK_BYTES`` (TikTok: 625 + 399 rows of a 1,024 batch):
         the same step, with about half the activation memory. Only one modality's activations and
         gradients are alive at a time: the generators share no parameters, so one step per modality
         (Adam skips parameters without a gradient) equals the step on the summed loss.

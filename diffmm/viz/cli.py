@@ -2,9 +2,12 @@
 
     python -m diffmm figures --run runs/tiktok-diffmm --out figures/
     python -m diffmm figures --run runs/tiktok-diffmm --run runs/tiktok-lightgcn --out figures/
+    python -m diffmm figures --run runs/rho0 --run runs/rho0.5 --run runs/rho1 --by fusion_ratio --out figures/
 
 Each run directory (see :mod:`diffmm.experiments.runs`) provides ``history.csv``,
-``per_user_test.csv`` and ``metrics.json``. With several runs the figures compare them.
+``per_user_test.csv``, ``metrics.json`` and ``config.json``. With several runs the figures compare
+them; with ``--by FIELD`` one figure shows the validation-selected test metrics against that
+configuration field (the paper's fusion-ratio and hyperparameter figures from finished runs).
 """
 
 from __future__ import annotations
@@ -48,8 +51,52 @@ def write_run_figures(run_dirs: list[str | Path], out: str | Path, metric: str =
     return written
 
 
+def config_field(run_dir: Path, field: str):
+    """A run's value of a DiffMMConfig / TrainConfig field (model_config first), from its config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; is {run_dir} a run directory (python -m diffmm train --out ...)?")
+    config = json.loads(path.read_text())
+    for section in ("model_config", "train"):
+        if field in config.get(section, {}):
+            return config[section][field]
+    known = sorted({*config.get("model_config", {}), *config.get("train", {})})
+    raise ValueError(f"{path}: no field '{field}' in model_config or train; fields: {known}")
+
+
+def runs_by_field(run_dirs: list[str | Path], field: str, metrics=("recall@20", "ndcg@20")) -> pd.DataFrame:
+    """Validation-selected test metrics of each run against ``field``: one row per value, with the
+    mean over the runs that share it (e.g. seeds), ``<metric>_std`` (ddof 1; blank for one run) and ``runs``."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        if not (run_dir / "metrics.json").exists():
+            raise FileNotFoundError(f"{run_dir / 'metrics.json'} is missing; is {run_dir} a finished run directory?")
+        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+        rows.append({field: config_field(run_dir, field), **{m: test[m] for m in metrics}})
+    table = pd.DataFrame(rows).groupby(field, sort=True)
+    out = table.mean()
+    for m in metrics:
+        out[f"{m}_std"] = table[m].std(ddof=1)
+    out["runs"] = table.size()
+    return out.reset_index()
+
+
+def write_field_figure(run_dirs: list[str | Path], field: str, out: str | Path, png: bool | None = None) -> list[Path]:
+    """Write ``<field>`` (metrics against the field's values) into ``out``; return the files."""
+    from diffmm.viz.plots import hyperparameter_figure, save_figure
+
+    table = runs_by_field(run_dirs, field)
+    title = f"test metrics (validation-selected) against {field}; runs per value: " + \
+        ", ".join(f"{v}: {n}" for v, n in zip(table[field], table["runs"]))
+    return save_figure(hyperparameter_figure(table, field, title=title), Path(out) / field, png=png)
+
+
 def cmd_figures(args, extra) -> int:
-    written = write_run_figures(args.run, args.out, args.metric, args.bins, png=False if args.no_png else None)
+    png = False if args.no_png else None
+    if args.by:
+        written = write_field_figure(args.run, args.by, args.out, png=png)
+    else:
+        written = write_run_figures(args.run, args.out, args.metric, args.bins, png=png)
     for path in written:
         print(path)
     return 0
@@ -65,6 +112,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--bins", default="0,5,10,20,50,inf",
                         help="user-activity group edges, or a number q for q quantile groups "
                              "(default 0,5,10,20,50,inf)")
+    parser.add_argument("--by", metavar="FIELD",
+                        help="instead of curves: test metrics against this config field, e.g. fusion_ratio, "
+                             "omega, msi_weight (runs with equal values are averaged, std as error bars)")
     parser.add_argument("--no-png", action="store_true", help="write only HTML (PNG needs kaleido + Chrome)")
     parser.set_defaults(func=cmd_figures)
 

@@ -166,6 +166,7 @@ def hyperparameter_figure(results: pd.DataFrame, param: str, metrics: Sequence[s
         param: the column on the x axis; values are shown as categories, so 0.01, 0.1, 1 are evenly spaced.
         metrics: one panel each.
         by: optional column whose values get one line each (e.g. dataset).
+            A ``<metric column>_std`` column, when present, is drawn as error bars.
         split: prefix tried when a bare metric column is missing ('test' or 'valid').
     """
     if param not in results.columns:
@@ -177,7 +178,9 @@ def hyperparameter_figure(results: pd.DataFrame, param: str, metrics: Sequence[s
         x = [f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v) for v in part[param]]
         for j, metric in enumerate(metrics):
             column = _metric_column(part, metric, split)
+            std = part.get(f"{column}_std")  # error bars when the table carries a spread (e.g. over seeds)
             fig.add_trace(go.Scatter(x=x, y=part[column], mode="lines+markers", name=str(name if by else metric),
+                                     error_y=None if std is None else dict(type="data", array=std.fillna(0).tolist()),
                                      legendgroup=str(name), showlegend=bool(by) and j == 0,
                                      marker=dict(size=9), line=dict(color=_colour(g))), row=1, col=j + 1)
             fig.update_xaxes(title_text=param, type="category", row=1, col=j + 1)
