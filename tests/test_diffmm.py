@@ -376,7 +376,8 @@ def test_generator_pass_equals_one_step_on_the_summed_loss(synthetic, monkeypatc
     assert all(p.grad is None for p in model.generators.parameters())  # gradients freed after the pass
 
 
-# Pinned numbers of a seeded two-epoch run (the same with 1 and 2 threads). Speed work here is meant
+# Pinned numbers of a seeded two-epoch run (the same with 1 and 2 threads; rel 1e-3 leaves room for
+# other CPUs' float rounding, a changed draw moves them by percents). Speed work here is meant
 # to be exact: a change that moves these beyond float rounding changed the model, its random draws or
 # their order. If that is intended, re-pin and say why in the commit.
 PINNED = {  # epoch 1, epoch 2
@@ -394,7 +395,7 @@ def test_seeded_run_matches_pinned_numbers(synthetic):
     history = Trainer(model, synthetic, TrainConfig(epochs=2, batch_size=64, seed=0, progress=False,
                                                      device="cpu")).fit().history
     for column, values in PINNED.items():
-        assert history[column].tolist() == pytest.approx(values, rel=1e-4), column
+        assert history[column].tolist() == pytest.approx(values, rel=1e-3), column
 
 
 def test_generate_graphs_trajectory_and_weights(synthetic):
