@@ -334,7 +334,8 @@ def test_figures_cli_by_config_field(tmp_path, capsys):
     for name, rho, seed, recall in (("a", 0.0, 1, 0.10), ("b", 0.0, 2, 0.12), ("c", 0.5, 1, 0.08)):
         run = tmp_path / name
         run.mkdir()
-        (run / "config.json").write_text(json.dumps({"model": "diffmm", "model_config": {"fusion_ratio": rho},
+        (run / "config.json").write_text(json.dumps({"model": "diffmm", "model_config": {"fusion_ratio": rho,
+                                                                                       "denoiser_hidden": [16]},
                                                      "train": {"seed": seed}}))
         (run / "metrics.json").write_text(json.dumps({"test": {"recall@20": recall, "ndcg@20": recall / 2}}))
         runs.append(run)
@@ -344,6 +345,7 @@ def test_figures_cli_by_config_field(tmp_path, capsys):
     assert table["recall@20_std"].iloc[0] == pytest.approx(np.std([0.10, 0.12], ddof=1))
     assert np.isnan(table["recall@20_std"].iloc[1])  # one run: no spread
     assert runs_by_field(runs, "seed")["runs"].tolist() == [2, 1]  # train fields work too
+    assert runs_by_field(runs, "denoiser_hidden")["runs"].tolist() == [3]  # list-valued fields group too
     out = tmp_path / "figures"
     args = [a for run in runs for a in ("--run", str(run))]
     assert main(["figures", *args, "--by", "fusion_ratio", "--out", str(out), "--no-png"]) == 0

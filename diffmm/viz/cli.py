@@ -59,7 +59,8 @@ def config_field(run_dir: Path, field: str):
     config = json.loads(path.read_text())
     for section in ("model_config", "train"):
         if field in config.get(section, {}):
-            return config[section][field]
+            value = config[section][field]
+            return tuple(value) if isinstance(value, list) else value  # e.g. denoiser_hidden: hashable
     known = sorted({*config.get("model_config", {}), *config.get("train", {})})
     raise ValueError(f"{path}: no field '{field}' in model_config or train; fields: {known}")
 
