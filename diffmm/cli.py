@@ -109,7 +109,7 @@ def cmd_quickstart(args, extra) -> int:
 def cmd_summarize(args, extra) -> int:
     from diffmm.experiments import summarize_runs
 
-    table = summarize_runs(args.runs)
+    table = summarize_runs(args.runs, average_from=args.average_from)
     print(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep=""))
     return 0
 
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     stats.set_defaults(func=cmd_stats)
     summarize = sub.add_parser("summarize", help="table of finished runs (e.g. seeds) with mean and std")
     summarize.add_argument("runs", nargs="+", help="run directories")
+    summarize.add_argument("--average-from", type=int, default=None, metavar="EPOCH",
+                           help="also average each run's test metrics over epochs >= EPOCH (less selection noise)")
     summarize.set_defaults(func=cmd_summarize)
     for name, fn in _extra_commands().items():
         fn(sub)

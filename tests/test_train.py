@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from diffmm.config import LightGCNConfig, TrainConfig
@@ -112,3 +113,19 @@ def test_summarize_seeds_mean_and_std(data, tmp_path, capsys):
     assert "mean" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         summarize_runs([tmp_path / "missing"])
+
+
+def test_summarize_averages_late_epochs(data, tmp_path, capsys):
+    from diffmm.cli import main
+    from diffmm.experiments import summarize_runs
+
+    config = build_run_config("mf", overrides={"epochs": "4", "seed": "1", "progress": "false", "dim": "8"})
+    run(data, config, tmp_path / "r")
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    table = summarize_runs([tmp_path / "r"], average_from=3)
+    expected = history.loc[history["epoch"] >= 3, "test_ndcg@20"].mean()
+    assert table.loc["r", "mean test ndcg@20 (epochs >= 3)"] == pytest.approx(expected)
+    assert main(["summarize", str(tmp_path / "r"), "--average-from", "2"]) == 0
+    assert "epochs >= 2" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="history.csv.*epochs >= 9"):
+        summarize_runs([tmp_path / "r"], average_from=9)

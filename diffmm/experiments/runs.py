@@ -104,11 +104,15 @@ def run_dir_results(out_dir: str | Path) -> dict:
     return json.loads((Path(out_dir) / "metrics.json").read_text())
 
 
-def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
+def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("recall@20", "ndcg@20"),
+                   average_from: int | None = None) -> pd.DataFrame:
     """One row per finished run directory (seed, best epoch, test and optimistic metrics), then mean and std.
 
     The std is the sample standard deviation over runs (ddof = 1), the spread a reader compares a
     reference number against ("within one standard deviation").
+    ``average_from``: also the test metrics averaged over epochs >= this one (from ``history.csv``).
+    Not a selection rule: a view of where a run's test metric sits with much less noise than the one
+    epoch a small validation set picks (on TikTok, 3,051 validation interactions).
     """
     rows = []
     for out in map(Path, run_dirs):
@@ -120,6 +124,8 @@ def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("re
                "wall_s": found["wall_s"]}
         row.update({f"test {m}": found["test"][m] for m in metrics})
         row.update({f"optimistic {m}": found["optimistic_test"][m] for m in metrics})
+        if average_from is not None:
+            row.update(_late_average(out / "history.csv", metrics, average_from))
         rows.append(row)
     table = pd.DataFrame(rows).set_index("run")
     numeric = table.drop(columns=["seed"]).astype(float)
@@ -127,6 +133,20 @@ def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("re
     out = pd.concat([table, stats])
     out["seed"] = out["seed"].astype("Int64")  # integers, blank on the mean / std rows
     return out
+
+
+def _late_average(history_csv: Path, metrics: Sequence[str], first_epoch: int) -> dict[str, float]:
+    history = pd.read_csv(history_csv)
+    late = history[history["epoch"] >= first_epoch]
+    row = {}
+    for m in metrics:
+        column = f"test_{m}"
+        values = late[column].dropna() if column in late else late.iloc[:0, 0]
+        if values.empty:
+            raise ValueError(f"{history_csv}: no '{column}' values at epochs >= {first_epoch} "
+                             f"(the run has {int(history['epoch'].max())} epochs; test metrics are recorded at each validation)")
+        row[f"mean test {m} (epochs >= {first_epoch})"] = float(values.mean())
+    return row
 
 
 def sweep(dataset: RecDataset, configs: dict[str, RunConfig], root: str | Path,
