@@ -141,7 +141,7 @@ def _late_average(history_csv: Path, metrics: Sequence[str], first_epoch: int) -
     row = {}
     for m in metrics:
         column = f"test_{m}"
-        values = late[column].dropna() if column in late else late.iloc[:0, 0]
+        values = late[column].dropna() if column in late else pd.Series(dtype=float)
         if values.empty:
             raise ValueError(f"{history_csv}: no '{column}' values at epochs >= {first_epoch} "
                              f"(the run has {int(history['epoch'].max())} epochs; test metrics are recorded at each validation)")
