@@ -103,6 +103,11 @@ class DiffMM(Recommender):
             out[m] = F.leaky_relu(h, 0.2) if self.config.projection == "leaky" else h
         return out
 
+    def modal_inputs(self, features: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """[E^u ; Norm(Trans(f^m))] per modality, (N, d) each: the input that Eq. 16 and Eq. 20 propagate."""
+        features = features if features is not None else self.modal_features()
+        return {m: torch.cat([self.user_embedding, F.normalize(features[m])]) for m in self.modalities}
+
     def modality_weights(self) -> dict[str, float]:
         """softmax(kappa) of Eq. 21, per modality."""
         return dict(zip(self.modalities, torch.softmax(self.modality_logits, 0).tolist()))
@@ -115,13 +120,16 @@ class DiffMM(Recommender):
             total = total + x
         return total
 
-    def encode(self, features: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final embeddings H~ (Eq. 20-23) as (N, d) with N = U + I; also returns H_0."""
-        features = features if features is not None else self.modal_features()
+    def encode(self, inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final embeddings H~ (Eq. 20-23) as (N, d) with N = U + I; also returns H_0.
+
+        ``inputs``: :meth:`modal_inputs` (computed here when not given).
+        """
+        inputs = inputs if inputs is not None else self.modal_inputs()
         U, d, M = self.n_users, self.config.dim, len(self.modalities)
         ids = torch.cat([self.user_embedding, self.item_embedding])  # (N, d)
         # Eq. 20, all modalities in one product: stack [E^u ; Norm(e_m^i)] side by side -> (N, M*d)
-        x = torch.cat([torch.cat([self.user_embedding, F.normalize(features[m])]) for m in self.modalities], 1)
+        x = torch.cat([inputs[m] for m in self.modalities], 1)
         first = self.graph @ x  # users: A e_m^i ; items: A E^u
         second_in = torch.cat([first[:U], self.item_embedding.repeat(1, M)])
         z = first + self.graph @ second_in  # users: + A e^i ; items: + A (A e_m^i)
@@ -137,10 +145,9 @@ class DiffMM(Recommender):
         h, _ = self.encode()
         return h[: self.n_users], h[self.n_users:]
 
-    def contrastive_views(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Z~^m (N, d) per modality: Eq. 16 on the view graph, then Eq. 17 on A."""
-        first = [self.view_adjacency(m) @ torch.cat([self.user_embedding, F.normalize(features[m])])
-                 for m in self.modalities]  # Eq. 16
+    def contrastive_views(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Z~^m (N, d) per modality from :meth:`modal_inputs`: Eq. 16 on the view graph, then Eq. 17 on A."""
+        first = [self.view_adjacency(m) @ inputs[m] for m in self.modalities]  # Eq. 16
         z = self._propagate(torch.cat(first, 1))  # Eq. 17, all modalities at once
         return dict(zip(self.modalities, z.split(self.config.dim, 1)))
 
@@ -148,8 +155,8 @@ class DiffMM(Recommender):
     def loss(self, users, positives, negatives):
         """Eq. 26: L_bpr + lambda1 L_cl + lambda2 ||Theta||^2, for a batch of BPR triples."""
         cfg = self.config
-        features = self.modal_features()
-        h, _ = self.encode(features)
+        inputs = self.modal_inputs()  # shared by the main view and the contrastive views
+        h, _ = self.encode(inputs)
         u, i, j = h[users], h[self.n_users + positives], h[self.n_users + negatives]
         rec = bpr((u * i).sum(-1), (u * j).sum(-1))  # Eq. 25
         reg = self.user_embedding.square().sum() + self.item_embedding.square().sum()
@@ -157,7 +164,7 @@ class DiffMM(Recommender):
         total = rec + cfg.l2 * reg
         # only the contrastive terms that are used are computed; with one modality, Eq. 18 has no pair
         if cfg.cl_weight and (cfg.cl_anchor == "main" or len(self.modalities) > 1):
-            views = self.contrastive_views(features)
+            views = self.contrastive_views(inputs)
             if cfg.cl_anchor == "main":  # Eq. 19
                 pairs = [(h, views[m]) for m in self.modalities]
             else:  # Eq. 18 over modality pairs (each unordered pair once, as the authors' code)
