@@ -155,16 +155,19 @@ class DiffMM(Recommender):
     def loss(self, users, positives, negatives):
         """Eq. 26: L_bpr + lambda1 L_cl + lambda2 ||Theta||^2, for a batch of BPR triples."""
         cfg = self.config
-        inputs = self.modal_inputs()  # shared by the main view and the contrastive views
+        use_cl = cfg.cl_weight and (cfg.cl_anchor == "main" or len(self.modalities) > 1)
+        # [E^u; Norm(e_m^i)] once for both views; only the contrastive terms that are used are computed
+        # (with one modality, Eq. 18 has no pair)
+        inputs = self.modal_inputs()
+        views = self.contrastive_views(inputs) if use_cl else None
         h, _ = self.encode(inputs)
+        del inputs  # the backward pass does not need them: freed before the losses are formed
         u, i, j = h[users], h[self.n_users + positives], h[self.n_users + negatives]
         rec = bpr((u * i).sum(-1), (u * j).sum(-1))  # Eq. 25
         reg = self.user_embedding.square().sum() + self.item_embedding.square().sum()
         losses = {"bpr": rec, "l2": reg}
         total = rec + cfg.l2 * reg
-        # only the contrastive terms that are used are computed; with one modality, Eq. 18 has no pair
-        if cfg.cl_weight and (cfg.cl_anchor == "main" or len(self.modalities) > 1):
-            views = self.contrastive_views(inputs)
+        if use_cl:
             if cfg.cl_anchor == "main":  # Eq. 19
                 pairs = [(h, views[m]) for m in self.modalities]
             else:  # Eq. 18 over modality pairs (each unordered pair once, as the authors' code)
