@@ -20,25 +20,26 @@ def test_return_large_buffers_to_os_can_be_switched_off(monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_freed_large_tensors_leave_the_process():
     """With the policy, 40 freed 8 MB tensors allocated between live small ones do not stay resident;
-    with glibc's default policy they do."""
+    with the threshold glibc's dynamic policy drifts to after large frees (up to 32 MiB) they do.
+
+    Both thresholds are set explicitly: where glibc's own threshold stands depends on what the
+    imports before it happened to free, which varies with the code that was imported."""
     script = textwrap.dedent("""
         import sys, torch
         from diffmm.utils import return_large_buffers_to_os
-        if sys.argv[1] == "on":
-            assert return_large_buffers_to_os(1 << 20)
+        assert return_large_buffers_to_os((1 << 20) if sys.argv[1] == "on" else (32 << 20))
         def rss_mb():
             return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-        warm = torch.ones(3 << 20)
-        del warm  # a freed 12 MB buffer: glibc's own policy now keeps <= 12 MB on the heap
         base = rss_mb()
         big, small = [], []
         for _ in range(40):
             big.append(torch.ones(2 << 20))  # 8 MB, touched
-            small.append(torch.ones(1000))  # pins the heap above each big buffer
+            small.append(torch.ones(64 << 10))  # 256 KB, on the heap right above each big buffer: pins it
         big.clear()
         print(rss_mb() - base)
     """)
     grown = {mode: float(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                                         check=True).stdout) for mode in ("on", "off")}
     assert grown["on"] < 40, grown  # MB still resident after freeing 320 MB
-    assert grown["off"] > 200, grown  # glibc's default keeps them (the test can fail)
+    assert grown["off"] > 200, grown  # a high threshold keeps them: the measurement sees retention
+
