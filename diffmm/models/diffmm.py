@@ -103,9 +103,9 @@ class DiffMM(Recommender):
             out[m] = F.leaky_relu(h, 0.2) if self.config.projection == "leaky" else h
         return out
 
-    def modal_inputs(self, features: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def modal_inputs(self) -> dict[str, torch.Tensor]:
         """[E^u ; Norm(Trans(f^m))] per modality, (N, d) each: the input that Eq. 16 and Eq. 20 propagate."""
-        features = features if features is not None else self.modal_features()
+        features = self.modal_features()
         return {m: torch.cat([self.user_embedding, F.normalize(features[m])]) for m in self.modalities}
 
     def modality_weights(self) -> dict[str, float]:
