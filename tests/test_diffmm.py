@@ -20,7 +20,7 @@ from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
 from diffmm.data.synthetic import make_synthetic
 from diffmm.graph import Adjacency, SparseRows
-from diffmm.contrastive import info_nce
+from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.models.diffmm import DiffMM
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext
 from diffmm.train import Trainer
@@ -128,6 +128,22 @@ def test_info_nce_hand_case():
     assert got == pytest.approx((loss0 + loss2) / 2, rel=1e-6)
     # scale-invariant (cosine similarity)
     assert float(info_nce(5 * anchor, 0.1 * other, torch.tensor([0, 2]), tau)) == pytest.approx(got, rel=1e-5)
+
+
+def test_l2_normalize_equals_f_normalize_values_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    x[1] = 0.0  # a zero row stays zero; its gradient is the clamped scaling 1 / eps
+    x[2] = 1e-14  # below eps: scaled, not projected
+    x.requires_grad_()
+    grad = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    want = torch.nn.functional.normalize(x, dim=-1)
+    (want_grad,) = torch.autograd.grad(want, x, grad)
+    got = l2_normalize(x)
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=0)
+    assert torch.autograd.gradcheck(l2_normalize, (x[[0, 3, 4, 5]].detach().requires_grad_(),))
 
 
 @pytest.mark.parametrize("chunk_rows, row_multiple", [(1, 1), (7, 1), (64, 1), (10, 5), (64, 16)])

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffmm.config import DiffMMConfig
-from diffmm.contrastive import info_nce
+from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.denoiser import frozen_weights
 from diffmm.data.dataset import RecDataset
 from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout, sym_normalize, topk_interactions
@@ -106,7 +106,7 @@ class DiffMM(Recommender):
     def modal_inputs(self) -> dict[str, torch.Tensor]:
         """[E^u ; Norm(Trans(f^m))] per modality, (N, d) each: the input that Eq. 16 and Eq. 20 propagate."""
         features = self.modal_features()
-        return {m: torch.cat([self.user_embedding, F.normalize(features[m])]) for m in self.modalities}
+        return {m: torch.cat([self.user_embedding, l2_normalize(features[m])]) for m in self.modalities}
 
     def modality_weights(self) -> dict[str, float]:
         """softmax(kappa) of Eq. 21, per modality."""
@@ -127,18 +127,20 @@ class DiffMM(Recommender):
         """
         inputs = inputs if inputs is not None else self.modal_inputs()
         U, d, M = self.n_users, self.config.dim, len(self.modalities)
+        # Eq. 20, all modalities in one product: stack [E^u ; Norm(e_m^i)] side by side -> (N, M*d).
+        # Users get A e_m^i + A e^i, items A E^u + A (A e_m^i). Intermediates that autograd does not
+        # keep are dropped as soon as they are used: they would otherwise sit on the step's peak memory.
+        first = self.graph @ torch.cat([inputs[m] for m in self.modalities], 1)
+        z = first + self.graph @ torch.cat([first[:U], self.item_embedding.repeat(1, M)])
+        del first
         ids = torch.cat([self.user_embedding, self.item_embedding])  # (N, d)
-        # Eq. 20, all modalities in one product: stack [E^u ; Norm(e_m^i)] side by side -> (N, M*d)
-        x = torch.cat([inputs[m] for m in self.modalities], 1)
-        first = self.graph @ x  # users: A e_m^i ; items: A E^u
-        second_in = torch.cat([first[:U], self.item_embedding.repeat(1, M)])
-        z = first + self.graph @ second_in  # users: + A e^i ; items: + A (A e_m^i)
-        z = z.view(-1, M, d)
         generated = torch.stack([self.generated_adjacency(m) @ ids for m in self.modalities], 1)  # (N, M, d)
-        z = z + self.config.generated_graph_weight * generated  # Eq. 20, the A^m term
+        del ids
+        z = z.view(-1, M, d).add_(generated, alpha=self.config.generated_graph_weight)  # Eq. 20, the A^m term
+        del generated
         weights = torch.softmax(self.modality_logits, 0)  # Eq. 21
         h0 = (weights[None, :, None] * z).sum(1)  # (N, d)
-        h = self._propagate(h0) + self.config.omega * F.normalize(h0)  # Eq. 22-23
+        h = self._propagate(h0) + self.config.omega * l2_normalize(h0)  # Eq. 22-23
         return h, h0
 
     def final_embeddings(self):
@@ -147,8 +149,8 @@ class DiffMM(Recommender):
 
     def contrastive_views(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Z~^m (N, d) per modality from :meth:`modal_inputs`: Eq. 16 on the view graph, then Eq. 17 on A."""
-        first = [self.view_adjacency(m) @ inputs[m] for m in self.modalities]  # Eq. 16
-        z = self._propagate(torch.cat(first, 1))  # Eq. 17, all modalities at once
+        first = torch.cat([self.view_adjacency(m) @ inputs[m] for m in self.modalities], 1)  # Eq. 16
+        z = self._propagate(first)  # Eq. 17, all modalities at once
         return dict(zip(self.modalities, z.split(self.config.dim, 1)))
 
     # ------------------------------------------------------------------ losses

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffmm.config import DiffMMConfig
+from diffmm.contrastive import l2_normalize
 from diffmm.denoiser import Denoiser
 from diffmm.diffusion import GaussianDiffusion, linear_schedule
 from diffmm.graph import Adjacency, sparse_mm
@@ -72,7 +73,7 @@ class VGAEGenerator(nn.Module):
         self.log_sigma = nn.Linear(config.dim, config.dim)
 
     def encode(self, ctx: GeneratorContext) -> tuple[torch.Tensor, torch.Tensor]:
-        h = ctx.adjacency @ torch.cat([ctx.user_embedding, F.normalize(ctx.features)])  # (U + I, d)
+        h = ctx.adjacency @ torch.cat([ctx.user_embedding, l2_normalize(ctx.features)])  # (U + I, d)
         return self.mu(h), self.log_sigma(h).clamp(-10, 10)
 
     def loss(self, rows: torch.Tensor, users: torch.Tensor, ctx: GeneratorContext) -> dict[str, torch.Tensor]:
