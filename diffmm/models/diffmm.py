@@ -134,9 +134,9 @@ class DiffMM(Recommender):
         z = first + self.graph @ torch.cat([first[:U], self.item_embedding.repeat(1, M)])
         del first
         ids = torch.cat([self.user_embedding, self.item_embedding])  # (N, d)
-        generated = torch.stack([self.generated_adjacency(m) @ ids for m in self.modalities], 1)  # (N, M, d)
+        generated = torch.cat([self.generated_adjacency(m) @ ids for m in self.modalities], 1)  # (N, M*d)
         del ids
-        z = z.view(-1, M, d).add_(generated, alpha=self.config.generated_graph_weight)  # Eq. 20, the A^m term
+        z = z.add_(generated, alpha=self.config.generated_graph_weight).view(-1, M, d)  # Eq. 20, the A^m term
         del generated
         weights = torch.softmax(self.modality_logits, 0)  # Eq. 21
         h0 = (weights[None, :, None] * z).sum(1)  # (N, d)
