@@ -7,6 +7,7 @@ what selecting on the test set (as the reference code does) would report.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -191,8 +192,9 @@ class Trainer:
     def _best_test_from_checkpoint(self) -> EvalResult | None:
         if not (self.out_dir and (self.out_dir / "best.pt").exists()):
             return None
-        current = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(torch.load(self.out_dir / "best.pt", weights_only=False)["model"])
+        current = copy.deepcopy(self.model.state_dict())  # tensors, and any extra state (DiffMM's graphs)
+        best = torch.load(self.out_dir / "best.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(best["model"])
         result = self.evaluate("test")
         self.model.load_state_dict(current)
         return result
@@ -227,7 +229,9 @@ class Trainer:
         })
 
     def load_state(self, path: str | Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # on the CPU: the RNG states must stay there; weights and optimiser states are copied to the
+        # device of the parameters they are loaded into
+        state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])

@@ -85,7 +85,7 @@ def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = Non
         payload = {"model": config.model, "dataset": dataset.name, **result.to_dict()}
         atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
         if (out / "best.pt").exists():  # score with the best-validation weights
-            model.load_state_dict(torch.load(out / "best.pt", weights_only=False)["model"])
+            model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
         test = trainer.evaluate("test", return_topk=True)
         with atomic_path(out / "per_user_test.csv") as tmp:
             test.per_user.to_csv(tmp, index=False)
