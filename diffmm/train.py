@@ -8,6 +8,7 @@ what selecting on the test set (as the reference code does) would report.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import time
@@ -26,6 +27,32 @@ from diffmm.data.sampling import NegativeSampler
 from diffmm.evaluate import EvalResult, evaluate
 from diffmm.models.base import Recommender
 from diffmm.utils import atomic_path, resolve_device, seed_everything, trim_heap
+
+
+# settings a resumed run may change: they do not alter what was computed up to the checkpoint
+RESUMABLE_SETTINGS = ("epochs", "patience", "progress", "threads", "device", "eval_batch_size")
+
+
+def _check_same_run(path: Path, saved: dict | None, current: dict) -> None:
+    """Refuse to continue a checkpoint written with other settings (it would be reported under the new ones)."""
+    if saved is None:  # written before checkpoints carried a signature
+        return
+
+    def same(a, b) -> bool:  # tuples and lists alike
+        return json.dumps(a, sort_keys=True, default=list) == json.dumps(b, sort_keys=True, default=list)
+
+    changed = []
+    for section, value in current.items():
+        old = saved.get(section)
+        if isinstance(value, dict) and isinstance(old, dict):
+            changed += [f"{section}.{key}: {old.get(key)!r} -> {value.get(key)!r}"
+                        for key in sorted(set(old) | set(value)) if not same(old.get(key), value.get(key))]
+        elif not same(old, value):
+            changed.append(f"{section}: {old!r} -> {value!r}")
+    if changed:
+        raise ValueError(f"{path}: this run directory holds a run with other settings ({'; '.join(changed)}); "
+                         f"only {', '.join(RESUMABLE_SETTINGS)} may change on resume. Start over with --fresh "
+                         "(resume=False) or write to another --out")
 
 
 class Callback:
@@ -211,6 +238,15 @@ class Trainer:
                          history, self.epoch, wall_s, test_result)
 
     # ---------------------------------------------------------- checkpoints
+    def run_signature(self) -> dict:
+        """What a checkpoint must match to be resumed: model, its config, the data, and the training
+        settings except :data:`RESUMABLE_SETTINGS`."""
+        data = self.dataset
+        return {"model": type(self.model).__name__, "model_config": self.model.config.to_dict(),
+                "train": {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_SETTINGS},
+                "data": {"name": data.name, "users": data.n_users, "items": data.n_items,
+                         "train interactions": int(data.train.nnz)}}
+
     @staticmethod
     def _save(path: Path, payload: dict) -> None:
         with atomic_path(path) as tmp:
@@ -225,13 +261,14 @@ class Trainer:
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "config": self.config.to_dict(),
+            "config": self.config.to_dict(), "signature": self.run_signature(),
         })
 
     def load_state(self, path: str | Path) -> None:
         # on the CPU: the RNG states must stay there; weights and optimiser states are copied to the
         # device of the parameters they are loaded into
         state = torch.load(path, map_location="cpu", weights_only=False)
+        _check_same_run(path, state.get("signature"), self.run_signature())
         self.model.load_state_dict(state["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])

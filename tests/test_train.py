@@ -72,6 +72,27 @@ def test_resume_continues_exactly(data, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_resume_refuses_a_run_directory_of_other_settings(data, tmp_path):
+    def config(**overrides):
+        return build_run_config("mf", overrides={"epochs": "1", "seed": "5", "progress": "false", "dim": "16",
+                                                 **overrides})
+
+    run(data, config(), tmp_path)
+    saved = (tmp_path / "config.json").read_text()
+    for overrides, named in [({"seed": "6"}, "train.seed: 5 -> 6"), ({"dim": "8"}, "model_config.dim: 16 -> 8"),
+                             ({"l2": "0.5"}, "model_config.l2")]:
+        with pytest.raises(ValueError, match=f"other settings.*{named}.*--fresh"):
+            run(data, config(**overrides), tmp_path)
+        assert (tmp_path / "config.json").read_text() == saved  # the run directory is untouched
+    other = make_synthetic(n_users=300, n_items=200, seed=0)
+    with pytest.raises(ValueError, match="data.users: 400 -> 300"):
+        run(other, config(), tmp_path)
+    result, _ = run(data, config(epochs="2"), tmp_path)  # a longer run of the same settings resumes
+    assert result.epochs_run == 2 and len(result.history) == 2
+    result, _ = run(data, config(seed="6"), tmp_path, resume=False)  # --fresh starts over
+    assert result.epochs_run == 1
+
+
 def test_run_directory_contents(data, tmp_path):
     config = build_run_config("mf", overrides={"epochs": "2", "seed": "5", "progress": "false", "dim": "16"})
     run(data, config, tmp_path)

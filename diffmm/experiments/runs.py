@@ -74,8 +74,9 @@ def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = Non
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "config.json")
     trainer = Trainer(model, dataset, train_config, out_dir=out, callbacks=callbacks, resume=resume)
+    if out:  # after the trainer checked that a checkpoint it resumes is of this same run
+        config.save(out / "config.json")
     result = trainer.fit()
     trainer.optimizers = {}  # training is over: free the optimizers' state before the reload and export below
     trim_heap()
