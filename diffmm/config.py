@@ -170,6 +170,7 @@ class DiffMMConfig(ConfigBase):
     temperature: float = 0.5  # tau
     cl_anchor: str = "modality"  # 'modality' (Eq. 18) or 'main' (Eq. 19)
     fusion_ratio: float = 0.0  # rho of Sec. 3.6: views from (1-rho) A^m + rho * edge-dropped A
+    view_keep_rate: float = 0.5  # edge keep rate of that randomly dropped A (its own: keep_rate is 1 on Baby/Sports)
     # graph generation (Sec. 2.2)
     generator: str = "diffusion"  # 'diffusion', or 'vgae' (the 'w/o DM' ablation)
     steps: int = 5  # T
@@ -195,8 +196,9 @@ class DiffMMConfig(ConfigBase):
                 raise ValueError(f"DiffMMConfig.{name} must be one of {allowed}, got '{getattr(self, name)}'")
         if not 0 <= self.fusion_ratio <= 1:
             raise ValueError(f"DiffMMConfig.fusion_ratio must be in [0, 1], got {self.fusion_ratio}")
-        if not 0 < self.keep_rate <= 1:
-            raise ValueError(f"DiffMMConfig.keep_rate must be in (0, 1], got {self.keep_rate}")
+        for name in ("keep_rate", "view_keep_rate"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"DiffMMConfig.{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 <= self.forward_steps <= self.steps:
             raise ValueError(f"DiffMMConfig.forward_steps must be in [0, steps={self.steps}]")
         self.denoiser_hidden = tuple(int(h) for h in self.denoiser_hidden)

@@ -47,7 +47,8 @@ class Denoiser(nn.Module):
 
     Args:
         n_items: length of the interaction vector.
-        hidden: hidden layer sizes (authors: [1000]).
+        hidden: hidden layer sizes, in order: items -> hidden[0] -> ... -> hidden[-1] -> items (authors:
+            [1000]; for longer lists their code mirrors them, [a, b] giving items -> b -> a -> b -> items).
         time_dim: step-embedding size (authors: 10).
         dropout: dropout on the input vector during training (authors: 0.5).
     """

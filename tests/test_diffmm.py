@@ -360,6 +360,23 @@ def test_ablation_switches_run_and_compute_only_what_is_used(synthetic, override
         assert math.isfinite(value)
 
 
+@pytest.mark.parametrize("keep_rate", [1.0, 0.5])
+def test_fusion_view_is_the_generated_graph_mixed_with_a_randomly_dropped_a(synthetic, keep_rate):
+    """Sec. 3.6: the view is (1 - rho) A^m + rho * (edge-dropped A), dropped at view_keep_rate whatever
+    keep_rate (the dropout of A^m) is: the baby/sports presets keep every generated edge."""
+    torch.manual_seed(0)
+    model = DiffMM(synthetic, DiffMMConfig(**SMALL, fusion_ratio=1.0, keep_rate=keep_rate, view_keep_rate=0.5))
+    model.rebuild_graphs()
+    a = model._graph_scipy
+    for m in MODALITIES:
+        view = model._view_scipy[m]
+        kept = view.nnz / a.nnz
+        assert 0.35 < kept < 0.65  # about half of A's entries survive
+        assert set(zip(*view.nonzero())) <= set(zip(*a.nonzero()))
+        np.testing.assert_allclose(view[view.nonzero()].A1, 2 * a[view.nonzero()].A1, rtol=1e-6)  # 1 / keep
+    assert (model._view_scipy["image"] != model._view_scipy["text"]).nnz > 0  # one draw per modality
+
+
 # ------------------------------------------------------------------------ generation and checkpoints
 @pytest.mark.parametrize("chunk_rows", [None, 7])
 def test_generator_pass_equals_one_step_on_the_summed_loss(synthetic, monkeypatch, chunk_rows):

@@ -269,7 +269,7 @@ class DiffMM(Recommender):
         views = None
         if cfg.fusion_ratio > 0 and cfg.cl_weight:  # Sec. 3.6: rho of the view is a randomly dropped A
             views = {m: ((1 - cfg.fusion_ratio) * generated[m]
-                         + cfg.fusion_ratio * edge_dropout(self._graph_scipy, cfg.keep_rate, rng)).tocsr()
+                         + cfg.fusion_ratio * edge_dropout(self._graph_scipy, cfg.view_keep_rate, rng)).tocsr()
                      for m in self.modalities}
         self._set_graphs(generated, views)
 

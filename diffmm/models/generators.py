@@ -44,7 +44,9 @@ class DiffusionGenerator(nn.Module):
         elbo, x0_hat = self.diffusion.elbo_terms(self.denoiser, rows.to_dense())  # Eq. 11-13
         losses = {"elbo": elbo.mean()}
         if self.config.msi_weight:
-            # Eq. 14: || alpha_hat_0 . e_m^i - alpha_0 . e^i ||^2 (mean over d, as the authors' code)
+            # Eq. 14: || alpha_hat_0 . e_m^i - alpha_0 . e^i ||^2 (mean over d, as the authors' code).
+            # e_m^i here is Trans(f_m^i) without Eq. 15's Norm: the authors' code (getImageFeats) does not
+            # normalise it for MSI either.
             with torch.autocast(rows.device.type, enabled=False):  # CUDA has no bf16 sparse product
                 observed = sparse_mm(rows, ctx.item_embedding.float())
             msi = (x0_hat @ ctx.features - observed).square().mean(-1)
