@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then train and evaluate DiffMM and LightGCN on the built-in synthetic dataset (no download),
+# Set up; train and evaluate popularity, MF-BPR, LightGCN and DiffMM on the synthetic dataset (no download),
 # print the metrics table and write figures to figures/quickstart/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
