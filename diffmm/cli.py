@@ -62,12 +62,19 @@ def cmd_evaluate(args, extra) -> int:
     from diffmm.config import RunConfig, TrainConfig
     from diffmm.evaluate import evaluate
     from diffmm.models import build_model
+    from diffmm.train import changed_settings, data_signature
 
     run_dir = Path(args.run)
     config = RunConfig.load(run_dir / "config.json")
     dataset = _load_data(args.data)
     model = build_model(config.model, dataset, config.model_config)
-    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=False, map_location="cpu")["model"])
+    best = torch.load(run_dir / "best.pt", weights_only=False, map_location="cpu")
+    if "signature" in best:  # checkpoints of earlier versions have none: load_state_dict checks shapes
+        changed = changed_settings({"data": best["signature"]["data"]}, {"data": data_signature(dataset)})
+        if changed:
+            raise ValueError(f"{run_dir / 'best.pt'} was trained on other data ({'; '.join(changed)}): "
+                             "pass the dataset it was trained on with --data")
+    model.load_state_dict(best["model"])
     train = TrainConfig.from_dict(config.train)
     rows = {split: evaluate(model.scorer(), dataset, split, train.ks).metrics for split in ("valid", "test")}
     print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}"))

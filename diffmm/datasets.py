@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -129,7 +130,7 @@ def read_ml100k(folder: str | os.PathLike, min_rating: float | None = None, text
     folder = Path(folder)
     if text not in ("shipped", "rebuild"):
         raise ValueError(f"text must be 'shipped' or 'rebuild', got {text!r}")
-    items = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
+    items = _read_ml100k_items(folder / "items.csv")
     data = read_mmrec(folder, inter_file="ml100k.inter", name="ml100k", min_rating=min_rating,
                       n_items=len(items),
                       feature_files={"text": "text_feat_minilm.npy"} if text == "shipped" else {})
@@ -140,6 +141,23 @@ def read_ml100k(folder: str | os.PathLike, min_rating: float | None = None, text
     features["genre"] = multi_hot(items, ML100K_GENRE_FLAGS)  # (n_items, 19)
     return dataclasses.replace(data, item_features=features, item_names=items["movie title"].tolist(),
                                source=str(folder))
+
+
+def _read_ml100k_items(file: Path) -> pd.DataFrame:
+    """items.csv, checked: the columns the modalities and titles need, one row per item in id order."""
+    items = pd.read_csv(file, dtype=str, keep_default_na=False)
+    needed = ["movie id", "movie title", "Summary", "Cast", "Director", *ML100K_GENRE_FLAGS]
+    missing = [c for c in needed if c not in items.columns]
+    if missing:
+        raise DataError(str(file), ", ".join(missing), f"the MovieLens-100k item columns {needed}",
+                        f"columns {list(items.columns)}")
+    ids = pd.to_numeric(items["movie id"], errors="coerce").to_numpy()
+    off = np.flatnonzero(ids != np.arange(1, len(items) + 1))
+    if off.size:
+        row = int(off[0])
+        raise DataError(str(file), "movie id", f"one row per movie, ids 1..{len(items)} in order "
+                        "(row k is item k of ml100k.inter)", f"{items['movie id'].iloc[row]!r} in row {row}")
+    return items
 
 
 # ------------------------------------------------------------------------ registry
@@ -345,6 +363,15 @@ def fetch(name: str, root: str | os.PathLike | None = None, download: bool = Tru
 
 
 # ------------------------------------------------------------------------------ load
+def _registered_copy(folder: Path) -> str | None:
+    """The registered dataset whose files (same names, same sizes) ``folder`` holds, whatever its name."""
+    for spec in DATASETS.values():
+        if spec.files and all((folder / f.name).is_file() and (folder / f.name).stat().st_size == f.size
+                              for f in spec.files):
+            return spec.name
+    return None
+
+
 def load(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, download: bool = True,
          base_url: str | None = None, progress: bool = True, verify: bool = False,
          spec: str | None = None, **kw) -> RecDataset:
@@ -352,9 +379,9 @@ def load(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None,
 
     Args:
         name_or_path: a registered name ('tiktok', 'baby', 'ml100k', 'synthetic', ...) or a
-            folder. A folder named like a registered dataset (e.g. ``.../ml100k``) is read with
-            that dataset's reader; any other folder by format detection
-            (:func:`diffmm.data.io.load_dataset`).
+            folder. A folder named like a registered dataset (e.g. ``.../ml100k``), or holding its
+            files (same names and sizes) under another name, is read with that dataset's reader;
+            any other folder by format detection (:func:`diffmm.data.io.load_dataset`).
         root, download, base_url, progress, verify: see :func:`fetch`.
         spec: read a folder with this registered dataset's reader, whatever its name.
         **kw: passed to the reader, e.g. ``min_rating=4`` or ``text='rebuild'`` for ml100k,
@@ -366,7 +393,7 @@ def load(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None,
         if not folder.exists():
             raise ValueError(f"'{name_or_path}' is neither a registered dataset ({sorted(DATASETS)}) "
                              "nor an existing path")
-        known = spec or (folder.name if folder.name in DATASETS else None)
+        known = spec or (folder.name if folder.name in DATASETS else None) or _registered_copy(folder)
         if known is None:
             return load_dataset(folder, **kw)
         dataset_spec = _spec(known)

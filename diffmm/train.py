@@ -33,10 +33,16 @@ from diffmm.utils import atomic_path, resolve_device, seed_everything, trim_heap
 RESUMABLE_SETTINGS = ("epochs", "patience", "progress", "threads", "device", "eval_batch_size")
 
 
-def _check_same_run(path: Path, saved: dict | None, current: dict) -> None:
-    """Refuse to continue a checkpoint written with other settings (it would be reported under the new ones)."""
-    if saved is None:  # written before checkpoints carried a signature
-        return
+def data_signature(dataset: RecDataset) -> dict:
+    return {"name": dataset.name, "users": dataset.n_users, "items": dataset.n_items,
+            "train interactions": int(dataset.train.nnz)}
+
+
+def changed_settings(saved: dict | None, current: dict) -> list[str]:
+    """'section.field: old -> new' for each difference between two :meth:`Trainer.run_signature` dicts
+    (or parts of them); none when ``saved`` is None (a checkpoint written before they had one)."""
+    if saved is None:
+        return []
 
     def same(a, b) -> bool:  # tuples and lists alike
         return json.dumps(a, sort_keys=True, default=list) == json.dumps(b, sort_keys=True, default=list)
@@ -49,10 +55,7 @@ def _check_same_run(path: Path, saved: dict | None, current: dict) -> None:
                         for key in sorted(set(old) | set(value)) if not same(old.get(key), value.get(key))]
         elif not same(old, value):
             changed.append(f"{section}: {old!r} -> {value!r}")
-    if changed:
-        raise ValueError(f"{path}: this run directory holds a run with other settings ({'; '.join(changed)}); "
-                         f"only {', '.join(RESUMABLE_SETTINGS)} may change on resume. Start over with --fresh "
-                         "(resume=False) or write to another --out")
+    return changed
 
 
 class Callback:
@@ -204,7 +207,8 @@ class Trainer:
             self.best = {"epoch": record["epoch"], "value": value, "valid": valid.metrics, "test": test.metrics}
             if self.out_dir:
                 self._save(self.out_dir / "best.pt", {"model": self.model.state_dict(), "epoch": record["epoch"],
-                                                      "valid": valid.metrics, "test": test.metrics})
+                                                      "valid": valid.metrics, "test": test.metrics,
+                                                      "signature": self.run_signature()})
             return test
         return None
 
@@ -241,11 +245,9 @@ class Trainer:
     def run_signature(self) -> dict:
         """What a checkpoint must match to be resumed: model, its config, the data, and the training
         settings except :data:`RESUMABLE_SETTINGS`."""
-        data = self.dataset
         return {"model": type(self.model).__name__, "model_config": self.model.config.to_dict(),
                 "train": {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_SETTINGS},
-                "data": {"name": data.name, "users": data.n_users, "items": data.n_items,
-                         "train interactions": int(data.train.nnz)}}
+                "data": data_signature(self.dataset)}
 
     @staticmethod
     def _save(path: Path, payload: dict) -> None:
@@ -268,7 +270,11 @@ class Trainer:
         # on the CPU: the RNG states must stay there; weights and optimiser states are copied to the
         # device of the parameters they are loaded into
         state = torch.load(path, map_location="cpu", weights_only=False)
-        _check_same_run(path, state.get("signature"), self.run_signature())
+        changed = changed_settings(state.get("signature"), self.run_signature())
+        if changed:  # resuming would report the old run under the new settings
+            raise ValueError(f"{path}: this run directory holds a run with other settings ({'; '.join(changed)}); "
+                             f"only {', '.join(RESUMABLE_SETTINGS)} may change on resume. Start over with --fresh "
+                             "(resume=False) or write to another --out")
         self.model.load_state_dict(state["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from diffmm import datasets as D
 from diffmm.data import RecDataset, write_diffmm_dir
 from diffmm.data.card import activity_distribution, dataset_card
+from diffmm.data.dataset import DataError
 from diffmm.datasets import ChecksumError, DatasetUnavailableError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -218,6 +219,12 @@ def test_load_folders_and_synthetic(tmp_path):
     ratings = pd.read_csv(real("ml100k") / "ml100k.inter", sep="\t")
     assert ml.train.nnz == int(((ratings.rating >= 4) & (ratings.x_label == 0)).sum())
     assert ml.modalities == ["text", "genre"] and len(ml.item_names) == 1682
+    renamed = tmp_path / "movies"  # the same files under another folder name: still its reader
+    renamed.mkdir()
+    for f in real("ml100k").iterdir():
+        (renamed / f.name).symlink_to(f)
+    ml = D.load(renamed)
+    assert ml.name == "ml100k" and ml.modalities == ["text", "genre"] and len(ml.item_names) == 1682
 
     D.register_local("tiktok", real("tiktok"))
     tiktok = D.load("tiktok", download=False)
@@ -232,6 +239,23 @@ def test_load_folders_and_synthetic(tmp_path):
 
     with pytest.raises(DatasetUnavailableError, match=r"lacks \['ml100k.inter', 'items.csv'"):
         D.load(tmp_path / "mine", spec="ml100k")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.rename(columns={"movie title": "title"}), r"items.csv: field 'movie title': expected the MovieLens"),
+    (lambda t: t.drop(index=5), r"items.csv: field 'movie id': expected one row per movie.*'7' in row 5"),
+    (lambda t: t.drop(columns=["Action"]), r"items.csv: field 'Action'"),
+])
+def test_ml100k_items_errors_name_the_file_and_field(tmp_path, edit, message):
+    folder = tmp_path / "ml100k"
+    folder.mkdir()
+    for f in real("ml100k").iterdir():
+        if f.name != "items.csv":
+            (folder / f.name).symlink_to(f)
+    edit(pd.read_csv(real("ml100k") / "items.csv", dtype=str, keep_default_na=False)).to_csv(
+        folder / "items.csv", index=False)
+    with pytest.raises(DataError, match=message):
+        D.load(folder)
 
 
 def test_ml100k_text_rebuild_embeds_the_template_into_the_cache(tmp_path, monkeypatch):

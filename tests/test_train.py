@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from diffmm.config import LightGCNConfig, TrainConfig
+from diffmm.data import write_diffmm_dir
 from diffmm.data.synthetic import make_synthetic
 from diffmm.experiments import build_run_config, run
 from diffmm.models import build_model
@@ -91,6 +92,23 @@ def test_resume_refuses_a_run_directory_of_other_settings(data, tmp_path):
     assert result.epochs_run == 2 and len(result.history) == 2
     result, _ = run(data, config(seed="6"), tmp_path, resume=False)  # --fresh starts over
     assert result.epochs_run == 1
+
+
+def test_cli_evaluate_a_run_directory_and_refuse_other_data(tmp_path, capsys):
+    from diffmm.cli import main
+
+    out = tmp_path / "run"
+    train = ["train", "--model", "mf", "--data", "synthetic", "--epochs", "1", "--progress", "false", "--out", str(out)]
+    assert main(train) == 0
+    assert main(["evaluate", "--run", str(out), "--data", "synthetic"]) == 0
+    table = capsys.readouterr().out
+    assert "recall@20" in table and "test" in table
+    saved = json.loads((out / "metrics.json").read_text())["test"]["recall@20"]
+    assert f"{saved:.4f}" in table  # the best epoch's weights, scored again
+    other = tmp_path / "other"
+    write_diffmm_dir(make_synthetic(n_users=300, n_items=200, seed=0), other)
+    assert main(["evaluate", "--run", str(out), "--data", str(other)]) == 2
+    assert "was trained on other data (data.items" in capsys.readouterr().err
 
 
 def test_run_directory_contents(data, tmp_path):
