@@ -42,6 +42,26 @@ def _overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
+def _settings_help() -> str:
+    """Every config field a ``--<field> <value>`` may set, with its default, per config class."""
+    import dataclasses
+    import textwrap
+
+    from diffmm.config import TrainConfig
+    from diffmm.models import MODELS
+
+    lines = ["settings (--<field> <value>; meanings in diffmm/config.py; 'none' for optional fields):"]
+    classes = {"TrainConfig (all models)": TrainConfig,
+               **{f"{cls.__name__} (--model {name})": cls for name, (cls, _) in MODELS.items()}}
+    for title, cls in classes.items():
+        if not dataclasses.fields(cls):
+            continue
+        fields = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                           for k, v in cls().to_dict().items())
+        lines += [f"  {title}:", textwrap.fill(fields, width=100, initial_indent="    ", subsequent_indent="    ")]
+    return "\n".join(lines)
+
+
 def cmd_train(args, extra) -> int:
     from diffmm.config import RunConfig
     from diffmm.experiments import build_run_config, run
@@ -135,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffmm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train and evaluate a model; writes a run directory")
+    train = sub.add_parser("train", help="train and evaluate a model; writes a run directory",
+                           epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--model", help="diffmm, lightgcn, mf or popularity (default lightgcn)")
     train.add_argument("--data", default="synthetic", help="dataset directory or registered name")
     train.add_argument("--preset", help="paper hyperparameters for diffmm: tiktok, baby, sports")
@@ -144,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--fresh", action="store_true", help="do not resume from <out>/last.pt")
     train.set_defaults(func=cmd_train)
     ev = sub.add_parser("evaluate", help="evaluate a run directory's best checkpoint")
-    ev.add_argument("--run", required=True)
-    ev.add_argument("--data", required=True)
+    ev.add_argument("--run", required=True, help="run directory (holds config.json and best.pt)")
+    ev.add_argument("--data", required=True, help="the dataset it was trained on: directory or registered name")
     ev.set_defaults(func=cmd_evaluate)
     quick = sub.add_parser("quickstart", help="train popularity, MF, LightGCN and DiffMM; table + figures")
     quick.add_argument("--data", default="synthetic", help="dataset directory or registered name")
-    quick.add_argument("--epochs", type=int, default=10)
+    quick.add_argument("--epochs", type=int, default=10, help="epochs per model")
     quick.add_argument("--lr", type=float, default=5e-3, help="learning rate (higher than the paper's for a short run)")
-    quick.add_argument("--out", default="runs/quickstart")
-    quick.add_argument("--figures", default="figures/quickstart")
+    quick.add_argument("--out", default="runs/quickstart", help="parent of the run directories")
+    quick.add_argument("--figures", default="figures/quickstart", help="where the figures go")
     quick.set_defaults(func=cmd_quickstart)
     stats = sub.add_parser("stats", help="print the dataset's Table-1 statistics")
-    stats.add_argument("--data", required=True)
+    stats.add_argument("--data", required=True, help="dataset directory or registered name")
     stats.set_defaults(func=cmd_stats)
     summarize = sub.add_parser("summarize", help="table of finished runs (e.g. seeds) with mean and std")
     summarize.add_argument("runs", nargs="+", help="run directories")

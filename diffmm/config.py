@@ -117,35 +117,45 @@ class RunConfig(ConfigBase):
     def load(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
         text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
 
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-        return cls.from_dict(values)
+                values = yaml.safe_load(text)
+            else:
+                values = json.loads(text)
+            if not isinstance(values, dict):
+                raise ValueError(f"expected an object with 'model', 'model_config', 'train', got {type(values).__name__}")
+            return cls.from_dict(values)
+        except Exception as error:  # the JSON / YAML parser's or from_dict's message, with the file named
+            raise ValueError(f"{path}: {error}") from None
 
 
-def parse_value(text: str, current: Any) -> Any:
-    """Parse a CLI string into the type of the field's current value."""
-    if isinstance(current, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean (true/false), got '{text}'")
-    if isinstance(current, tuple):
-        return tuple(int(x) if x.strip().lstrip("-").isdigit() else float(x) for x in text.split(","))
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
+def parse_value(text: str, current: Any, optional: bool = False) -> Any:
+    """Parse a CLI string into the type of the field's current value ('none' / 'null' for an optional field)."""
+    if optional and text.strip().lower() in ("none", "null"):
+        return None
     if current is None:
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             return text
-    return type(current)(text) if not isinstance(current, str) else text
+    if isinstance(current, str):
+        return text
+    kinds = {bool: "true or false", tuple: "comma-separated numbers, e.g. 10,20,50", int: "an integer",
+             float: "a number"}
+    expected = next((v for k, v in kinds.items() if isinstance(current, k)), type(current).__name__)
+    if optional:
+        expected += " or none"
+    try:
+        if isinstance(current, bool):
+            return {"1": True, "true": True, "yes": True, "on": True,
+                    "0": False, "false": False, "no": False, "off": False}[text.lower()]
+        if isinstance(current, tuple):
+            return tuple(int(x) if x.strip().lstrip("-").isdigit() else float(x) for x in text.split(","))
+        return type(current)(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"expected {expected}, got '{text}'") from None
 
 
 @dataclass

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffmm.config import LightGCNConfig, TrainConfig
+from diffmm.config import LightGCNConfig, RunConfig, TrainConfig
 from diffmm.data import write_diffmm_dir
 from diffmm.data.synthetic import make_synthetic
 from diffmm.experiments import build_run_config, run
@@ -124,11 +124,22 @@ def test_run_directory_contents(data, tmp_path):
     assert saved["model_config"]["dim"] == 16 and saved["train"]["seed"] == 5
 
 
-def test_unknown_setting_is_a_clear_error():
+def test_unknown_setting_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown setting 'epoch'"):
         build_run_config("lightgcn", overrides={"epoch": "3"})
+    for key, text, expected in [("epochs", "abc", "an integer"), ("ks", "10,x", "comma-separated numbers"),
+                                ("progress", "maybe", "true or false"), ("lr", "fast", "a number")]:
+        with pytest.raises(ValueError, match=f"--{key}: expected {expected}.*got '{text}'"):
+            build_run_config("lightgcn", overrides={key: text})
+    assert build_run_config("diffmm", overrides={"first_beta": "none"}).model_config["first_beta"] is None
+    with pytest.raises(ValueError, match="--first_beta: expected a number or none"):
+        build_run_config("diffmm", overrides={"first_beta": "abc"})
     with pytest.raises(ValueError, match="metric"):
         TrainConfig(metric="auc@20")
+    bad = tmp_path / "config.json"
+    bad.write_text('{"model": ')
+    with pytest.raises(ValueError, match=r"config.json: Expecting value"):
+        RunConfig.load(bad)
     with pytest.raises(ValueError, match="layers"):
         LightGCNConfig(layers=-1)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,9 +54,15 @@ def build_run_config(model: str, preset: str | None = None, overrides: dict[str,
         train_values.update(base.train)
     for key, value in (overrides or {}).items():
         key = key.replace("-", "_")
-        for values in (model_values, train_values):
+        for cls, values in ((config_cls, model_values), (TrainConfig, train_values)):
             if key in values:
-                values[key] = parse_value(value, values[key]) if isinstance(value, str) else value
+                if isinstance(value, str):
+                    optional = type(None) in typing.get_args(typing.get_type_hints(cls)[key])
+                    try:
+                        value = parse_value(value, values[key], optional)
+                    except ValueError as error:
+                        raise ValueError(f"--{key}: {error}") from None
+                values[key] = value
                 break
         else:
             raise ValueError(f"unknown setting '{key}': not a field of {config_cls.__name__} "
