@@ -8,4 +8,12 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from diffmm.cli import main  # noqa: E402
 
-sys.exit(main())
+
+def entry() -> None:
+    """The ``diffmm`` console script: the same as ``python -m diffmm`` (this module sets the allocator
+    option above before torch loads)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +45,13 @@ def test_freed_large_tensors_leave_the_process():
                                         check=True).stdout) for mode in ("on", "off")}
     assert grown["on"] < 40, grown  # MB still resident after freeing 320 MB
     assert grown["off"] > 200, grown  # a high threshold keeps them: the measurement sees retention
+
+
+def test_console_script_is_python_dash_m_diffmm():
+    """The `diffmm` script runs diffmm.__main__, which sets the allocator option before torch loads."""
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["diffmm"] == "diffmm.__main__:entry"
+    code = "import os, diffmm.__main__, torch; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "1"
