@@ -310,3 +310,10 @@ def test_activity_distribution_counts_users_per_bin(tiny):
     assert activity_distribution(tiny, bins=(1, 4))["users"].tolist() == [2]  # 0 and 4 fall outside
     with pytest.raises(ValueError, match="increasing"):
         activity_distribution(tiny, bins=(5, 1))
+    # an int q: quantile groups of the test users' activity ([0, 1]), the groups of the sparsity figure
+    quantiles = activity_distribution(tiny, bins=2)
+    assert list(quantiles.index) == ["[0, 1)", "[1, inf)"] and quantiles["users"].tolist() == [1, 3]
+    from diffmm.viz import sparsity_table
+
+    per_user = pd.DataFrame({"user": [0, 1], "n_train": [0, 1], "recall@20": [0.5, 1.0]})
+    assert list(sparsity_table({"m": per_user}, 2, "recall@20")["group"].unique()) == list(quantiles.index)

@@ -38,34 +38,57 @@ def dataset_card(*datasets: RecDataset) -> pd.DataFrame:
     return card
 
 
-def activity_distribution(dataset: RecDataset,
-                          bins: Sequence[float] = (0, 5, 10, 20, 50, np.inf)) -> pd.DataFrame:
-    """Users per bin of training activity (number of training interactions).
+DEFAULT_BINS = (0, 5, 10, 20, 50, np.inf)  # training interactions per user, right-open groups
 
-    Bin ``i`` holds users with ``bins[i] <= activity < bins[i+1]``; users outside every bin
-    are not counted.
 
-    Returns:
-        One row per bin, columns: ``low``, ``high``, ``users``, ``share`` (of all users),
-        ``test users`` (users with >= 1 test interaction), ``test interactions``;
-        index labels like ``'[5, 10)'``.
-    """
+def group_edges(activity: np.ndarray, bins: Sequence[float] | int) -> np.ndarray:
+    """Increasing group edges: ``bins`` itself, or for an int q the q-quantiles of ``activity``
+    (rounded up to whole interactions; duplicate edges merged, so there may be fewer groups)."""
+    if isinstance(bins, (int, np.integer)):
+        if bins < 1 or len(activity) == 0:
+            raise ValueError(f"quantile groups need bins >= 1 and at least one user, got bins={bins}, "
+                             f"{len(activity)} users")
+        inner = np.ceil(np.quantile(activity, np.linspace(0, 1, int(bins) + 1)[1:-1]))
+        return np.unique(np.concatenate(([activity.min()], inner, [np.inf])).astype(np.float64))
     edges = np.asarray(bins, dtype=np.float64)
     if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"bins must be >= 2 increasing edges, got {list(bins)}")
-    activity = dataset.user_activity()                      # (n_users,)
-    test_counts = np.diff(dataset.test.indptr)              # (n_users,)
-    which = np.searchsorted(edges, activity, side="right") - 1  # bin index; -1 or len-1 = outside
-    inside = (which >= 0) & (which < len(edges) - 1)
-    n_bins = len(edges) - 1
-    users = np.bincount(which[inside], minlength=n_bins)
-    test_users = np.bincount(which[inside], weights=test_counts[inside] > 0, minlength=n_bins)
-    test_inter = np.bincount(which[inside], weights=test_counts[inside], minlength=n_bins)
+        raise ValueError(f"bins must be >= 2 increasing edges or an int, got {bins!r}")
+    return edges
+
+
+def activity_groups(activity: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Group index per user (group i = ``edges[i] <= activity < edges[i+1]``; -1 = outside) and labels '[lo, hi)'."""
+    which = np.searchsorted(edges, activity, side="right") - 1
+    which[(which < 0) | (which >= len(edges) - 1)] = -1
 
     def edge(x: float) -> str:
         return "inf" if np.isinf(x) else f"{x:g}"
 
-    labels = [f"[{edge(lo)}, {edge(hi)})" for lo, hi in zip(edges[:-1], edges[1:])]
+    return which, [f"[{edge(lo)}, {edge(hi)})" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def activity_distribution(dataset: RecDataset, bins: Sequence[float] | int = DEFAULT_BINS) -> pd.DataFrame:
+    """Users per group of training activity (number of training interactions).
+
+    Group ``i`` holds users with ``edges[i] <= activity < edges[i+1]``; users outside every group
+    are not counted. ``bins``: the edges, or an int q for q quantile groups of the *test users'*
+    activity (the users a per-user test table holds, so the groups are those of
+    :func:`diffmm.viz.sparsity_table` with the same q).
+
+    Returns:
+        One row per group, columns: ``low``, ``high``, ``users``, ``share`` (of all users),
+        ``test users`` (users with >= 1 test interaction), ``test interactions``;
+        index labels like ``'[5, 10)'``.
+    """
+    activity = dataset.user_activity()                      # (n_users,)
+    test_counts = np.diff(dataset.test.indptr)              # (n_users,)
+    edges = group_edges(activity[test_counts > 0], bins)
+    which, labels = activity_groups(activity, edges)
+    inside = which >= 0
+    n_bins = len(edges) - 1
+    users = np.bincount(which[inside], minlength=n_bins)
+    test_users = np.bincount(which[inside], weights=test_counts[inside] > 0, minlength=n_bins)
+    test_inter = np.bincount(which[inside], weights=test_counts[inside], minlength=n_bins)
     return pd.DataFrame({"low": edges[:-1], "high": edges[1:], "users": users,
                          "share": users / max(dataset.n_users, 1),
                          "test users": test_users.astype(np.int64),

@@ -174,3 +174,18 @@ def sweep(dataset: RecDataset, configs: dict[str, RunConfig], root: str | Path,
             row.update({f"{split}_{m}": found[split].get(m) for m in metrics})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def grid(dataset: RecDataset, root: str | Path, model: str = "diffmm", preset: str | None = None,
+         base: dict[str, Any] | None = None, metrics: Sequence[str] = ("recall@20", "ndcg@20"),
+         **values: Sequence) -> pd.DataFrame:
+    """:func:`sweep` over every combination of the given config fields (e.g. ``temperature=[0.1, 0.5],
+    cl_weight=[1e-3, 1e-2]``) on top of ``base`` overrides; one row per run, one column per field.
+
+    Runs are cached under ``root`` by their full configuration, so a point shared by several grids
+    (e.g. the default configuration) is trained once.
+    """
+    points = pd.MultiIndex.from_product(list(values.values()), names=list(values)).to_frame(index=False)
+    configs = {", ".join(f"{k}={v}" for k, v in point.items()): build_run_config(model, preset, {**(base or {}), **point})
+               for point in points.to_dict("records")}
+    return pd.concat([points, sweep(dataset, configs, root, metrics=metrics)], axis=1)

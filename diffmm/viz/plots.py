@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-DEFAULT_BINS = (0, 5, 10, 20, 50, np.inf)  # training interactions per user, right-open groups
+from diffmm.data.card import DEFAULT_BINS, activity_groups, group_edges
 
 
 # ------------------------------------------------------------------------- saving
@@ -63,34 +63,6 @@ def _metric_column(table: pd.DataFrame, metric: str, split: str = "test") -> str
     raise ValueError(f"no column '{metric}' or '{split}_{metric}' in the table; columns: {list(table.columns)}")
 
 
-def _edge_label(x: float) -> str:
-    return "inf" if np.isinf(x) else f"{x:g}"
-
-
-def _group_edges(n_train: np.ndarray, bins: Sequence[float] | int) -> np.ndarray:
-    """Increasing group edges: ``bins`` itself, or for an int q the q-quantiles of ``n_train``
-    (rounded up to whole interactions; duplicate edges merged, so there may be fewer groups)."""
-    if isinstance(bins, (int, np.integer)):
-        if bins < 1 or len(n_train) == 0:
-            raise ValueError(f"quantile groups need bins >= 1 and at least one user, got bins={bins}, "
-                             f"{len(n_train)} users")
-        inner = np.ceil(np.quantile(n_train, np.linspace(0, 1, int(bins) + 1)[1:-1]))
-        return np.unique(np.concatenate(([n_train.min()], inner, [np.inf])).astype(np.float64))
-    edges = np.asarray(bins, dtype=np.float64)
-    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"bins must be >= 2 increasing edges or an int, got {bins!r}")
-    return edges
-
-
-def _activity_groups(n_train: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Group index per user (group i = ``edges[i] <= n_train < edges[i+1]``; -1 = outside) and labels '[lo, hi)'."""
-    which = np.searchsorted(edges, n_train, side="right") - 1
-    which[(which < 0) | (which >= len(edges) - 1)] = -1
-    labels = [f"[{_edge_label(lo)}, {_edge_label(hi)})" for lo, hi in zip(edges[:-1], edges[1:])]
-    return which, labels
-
-
-# ---------------------------------------------------------------- sparsity (Fig. 2)
 def sparsity_table(per_user_tables: Mapping[str, pd.DataFrame], bins: Sequence[float] | int = DEFAULT_BINS,
                    metric: str = "recall@20") -> pd.DataFrame:
     """Mean ``metric`` per model and user-activity group.
@@ -108,14 +80,14 @@ def sparsity_table(per_user_tables: Mapping[str, pd.DataFrame], bins: Sequence[f
     if not per_user_tables:
         raise ValueError("sparsity_table needs at least one per-user table")
     first = next(iter(per_user_tables.values()))
-    edges = _group_edges(first["n_train"].to_numpy(), bins)  # quantile edges come from the first table
+    edges = group_edges(first["n_train"].to_numpy(), bins)  # quantile edges come from the first table
     rows = []
     for model, table in per_user_tables.items():
         for column in ("n_train", metric):
             if column not in table.columns:
                 raise ValueError(f"per-user table of '{model}' has no column '{column}'; "
                                  f"columns: {list(table.columns)}")
-        which, labels = _activity_groups(table["n_train"].to_numpy(), edges)
+        which, labels = activity_groups(table["n_train"].to_numpy(), edges)
         values = table[metric].to_numpy(dtype=np.float64)
         inside = which >= 0
         users = np.bincount(which[inside], minlength=len(labels))
