@@ -27,7 +27,8 @@ def _run_name(run_dir: Path) -> str:
 
 
 def write_run_figures(run_dirs: list[str | Path], out: str | Path, metric: str = "recall@20",
-                      bins: str = "0,5,10,20,50,inf", png: bool | None = None) -> list[Path]:
+                      bins: str = "0,5,10,20,50,inf", png: bool | None = None,
+                      plotlyjs: str = "directory") -> list[Path]:
     """Write ``training_curves`` and ``sparsity`` figures for the runs into ``out``; return the files."""
     from diffmm.viz.plots import save_figure, sparsity_figure, training_curves
 
@@ -46,8 +47,9 @@ def write_run_figures(run_dirs: list[str | Path], out: str | Path, metric: str =
     edges = int(bins) if bins.strip().isdigit() else [float(x) for x in bins.split(",")]  # float('inf') parses
     out = Path(out)
     written = save_figure(training_curves(histories if len(histories) > 1 else next(iter(histories.values())),
-                                          metric), out / "training_curves", png=png)
-    written += save_figure(sparsity_figure(per_user, edges, metric), out / "sparsity", png=png)
+                                          metric), out / "training_curves", png=png, include_plotlyjs=plotlyjs)
+    written += save_figure(sparsity_figure(per_user, edges, metric), out / "sparsity", png=png,
+                           include_plotlyjs=plotlyjs)
     return written
 
 
@@ -82,22 +84,27 @@ def runs_by_field(run_dirs: list[str | Path], field: str, metrics=("recall@20", 
     return out.reset_index()
 
 
-def write_field_figure(run_dirs: list[str | Path], field: str, out: str | Path, png: bool | None = None) -> list[Path]:
-    """Write ``<field>`` (metrics against the field's values) into ``out``; return the files."""
+def write_field_figure(run_dirs: list[str | Path], field: str, out: str | Path, png: bool | None = None,
+                       title: str | None = None, plotlyjs: str = "directory") -> list[Path]:
+    """Write ``<field>`` (metrics against the field's values) into ``out``; return the files.
+
+    ``title``: what the figure shows (default: 'test metrics (validation-selected) against <field>');
+    the number of runs per value is appended."""
     from diffmm.viz.plots import hyperparameter_figure, save_figure
 
     table = runs_by_field(run_dirs, field)
-    title = f"test metrics (validation-selected) against {field}; runs per value: " + \
+    title = (title or f"test metrics (validation-selected) against {field}") + "; runs per value: " + \
         ", ".join(f"{v}: {n}" for v, n in zip(table[field], table["runs"]))
-    return save_figure(hyperparameter_figure(table, field, title=title), Path(out) / field, png=png)
+    return save_figure(hyperparameter_figure(table, field, title=title), Path(out) / field, png=png,
+                       include_plotlyjs=plotlyjs)
 
 
 def cmd_figures(args, extra) -> int:
     png = False if args.no_png else None
     if args.by:
-        written = write_field_figure(args.run, args.by, args.out, png=png)
+        written = write_field_figure(args.run, args.by, args.out, png=png, title=args.title, plotlyjs=args.plotlyjs)
     else:
-        written = write_run_figures(args.run, args.out, args.metric, args.bins, png=png)
+        written = write_run_figures(args.run, args.out, args.metric, args.bins, png=png, plotlyjs=args.plotlyjs)
     for path in written:
         print(path)
     return 0
@@ -116,6 +123,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--by", metavar="FIELD",
                         help="instead of curves: test metrics against this config field, e.g. fusion_ratio, "
                              "omega, msi_weight (runs with equal values are averaged, std as error bars)")
+    parser.add_argument("--title", help="with --by: the figure's title (the runs per value are appended)")
+    parser.add_argument("--plotlyjs", choices=("directory", "cdn"), default="directory",
+                        help="'directory' (default): one plotly.min.js beside the HTML files, opens offline; "
+                             "'cdn': the HTML loads plotly from its CDN (the committed figures/)")
     parser.add_argument("--no-png", action="store_true", help="write only HTML (PNG needs kaleido + Chrome)")
     parser.set_defaults(func=cmd_figures)
 
