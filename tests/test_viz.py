@@ -350,6 +350,13 @@ def test_figures_cli_by_config_field(tmp_path, capsys):
     args = [a for run in runs for a in ("--run", str(run))]
     assert main(["figures", *args, "--by", "fusion_ratio", "--out", str(out), "--no-png"]) == 0
     assert [p.name for p in out.glob("*.html")] == ["fusion_ratio.html"]
+    assert (out / "plotly.min.js").exists()  # the default: opens offline
+    cdn = tmp_path / "cdn"
+    assert main(["figures", *args, "--by", "fusion_ratio", "--out", str(cdn), "--no-png", "--plotlyjs", "cdn",
+                 "--title", "TikTok: rho"]) == 0
+    html = (cdn / "fusion_ratio.html").read_text()
+    assert "cdn.plot.ly" in html and "TikTok: rho; runs per value: 0.0: 2, 0.5: 1" in html
+    assert not (cdn / "plotly.min.js").exists()
     fig = hyperparameter_figure(table, "fusion_ratio")
     assert list(fig.data[0].error_y.array) == pytest.approx([np.std([0.10, 0.12], ddof=1), 0.0])
     assert main(["figures", *args, "--by", "omega", "--out", str(out)]) == 2
