@@ -34,6 +34,7 @@ RESUMABLE_SETTINGS = ("epochs", "patience", "progress", "threads", "device", "ev
 
 
 def data_signature(dataset: RecDataset) -> dict:
+    """What identifies the data a model was trained on, as far as a checkpoint can tell."""
     return {"name": dataset.name, "users": dataset.n_users, "items": dataset.n_items,
             "train interactions": int(dataset.train.nnz)}
 
