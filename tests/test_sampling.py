@@ -28,3 +28,23 @@ def test_user_with_every_item_is_an_error():
     train = sp.csr_matrix(np.array([[1, 1, 1], [1, 0, 0]], dtype=np.float32))
     with pytest.raises(ValueError, match="every item"):
         NegativeSampler(train)
+
+
+def test_negatives_are_uniform_over_each_users_non_positives():
+    """Each negative is uniform over the user's non-training items: observed counts per item against
+    the exact expectation sum_(u, p) 1[i not in pos(u)] / (n_items - |pos(u)|), chi-square."""
+    from scipy.stats import chisquare
+
+    data = make_synthetic(n_users=100, n_items=30, mean_activity=8, seed=2)
+    sampler = NegativeSampler(data.train)
+    rng = np.random.default_rng(0)
+    dense = data.train.toarray().astype(bool)
+    observed = np.zeros(data.n_items)
+    epochs = 40
+    for _ in range(epochs):
+        for users, _, negatives in sampler.epoch(256, rng):
+            np.add.at(observed, negatives, 1)
+    per_pair = (~dense) / (~dense).sum(1, keepdims=True)  # (users, items): a user's negative distribution
+    expected = epochs * (dense.sum(1)[:, None] * per_pair).sum(0)
+    assert observed.sum() == expected.sum() == epochs * data.train.nnz
+    assert chisquare(observed, expected).pvalue > 1e-3

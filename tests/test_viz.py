@@ -78,6 +78,7 @@ def test_sparsity_figure_bars_and_counts(per_user):
     bars = [t for t in fig.data if isinstance(t, go.Bar)]
     assert [b.name for b in bars] == ["DiffMM", "LightGCN"]
     assert list(bars[0].x) == ["[0, 5)<br>n=2", "[5, 10)<br>n=2", "[10, inf)<br>n=2"]
+    np.testing.assert_allclose(bars[0].y, [0.5, 0.375, 0.5])  # each group's own mean, in group order
     np.testing.assert_allclose(bars[1].y, [0.1, 0.1, 0.1])
     counts = [t for t in fig.data if t.name == "users"][0]
     assert list(counts.y) == [2, 2, 2]
@@ -111,6 +112,15 @@ def test_hyperparameter_figure_one_line_per_group():
     np.testing.assert_allclose(fig.data[1].y, [0.3, 0.4])
     with pytest.raises(ValueError, match="no column 'lambda0'"):
         hyperparameter_figure(table, "lambda0")
+    # groups with different values share one sorted axis (plotly would order by first appearance)
+    uneven = pd.DataFrame({"omega": [0.5, 0.1, 0.01, 0.5, 0.1], "dataset": ["a", "a", "b", "b", "b"],
+                           "recall@20": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    fig = hyperparameter_figure(uneven, "omega", metrics=("recall@20",), by="dataset")
+    assert list(fig.layout.xaxis.categoryarray) == ["0.01", "0.1", "0.5"]
+    assert fig.layout.xaxis.categoryorder == "array" and list(fig.data[0].x) == ["0.1", "0.5"]
+    # an optional field left unset is its own value, 'none', after the numbers
+    unset = pd.DataFrame({"first_beta": [1e-4, None], "recall@20": [0.1, 0.2]})
+    assert list(hyperparameter_figure(unset, "first_beta", metrics=("recall@20",)).data[0].x) == ["0.0001", "none"]
 
 
 def test_hyperparameter_heatmap_averages_repeats():
@@ -224,10 +234,11 @@ def test_modality_similarity_is_cosine(model, data, source):
     assert sim.shape == (5, 5)
     np.testing.assert_array_equal(sim, sim.T)
     np.testing.assert_array_equal(np.diag(sim), 1.0)
-    if source == "dataset":  # independent float64 computation
-        x = data.item_features["image"][items].astype(np.float64)
-        expected = (x @ x.T) / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(x, axis=1))
-        np.testing.assert_allclose(sim, expected, atol=1e-12)
+    # independent float64 computation: raw features, or the model's Trans(f^m) (Eq. 15) of these items
+    x = (data.item_features["image"] if source == "dataset" else model.modal_features()["image"].detach().numpy())
+    x = x[items].astype(np.float64)
+    expected = (x @ x.T) / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(x, axis=1))
+    np.testing.assert_allclose(sim, expected, atol=1e-12)
     assert sim[0, 3] == pytest.approx(1.0)  # the same item twice
 
 
@@ -255,6 +266,13 @@ def test_case_study_figure(model, data):
     items = [t for t in fig.data if t.name == "items"][0]
     assert np.array(heat.z).shape == (len(items.x), len(items.x))
     assert "generated:text" in {t.name for t in fig.data}
+    # the heatmap lists the items in the subgraph's top-to-bottom order (ROLE_ORDER: generated, train, test)
+    column = sorted(zip(items.y, items.text), reverse=True)
+    assert list(heat.x) == [text for _, text in column]
+    G = user_subgraph(model, data, user, modality="text", max_items=4)
+    roles = [G.nodes[("item", int(label.split()[-1]))]["roles"] for label in heat.x]
+    rank = [0 if any(r.startswith("generated") for r in rs) else 1 if "train" in rs else 2 for rs in roles]
+    assert rank == sorted(rank) and {0, 1} <= set(rank)
 
 
 def test_case_users_rank_hits_first(model, data):
@@ -262,6 +280,17 @@ def test_case_users_rank_hits_first(model, data):
     users = case_users(model, data, 5)
     assert hits[users[0]] == hits.max()
     assert list(hits[users]) == sorted(hits[users], reverse=True)
+
+
+def test_generated_graph_rows_are_each_users_own_top_k(model, data):
+    """Row u of A^m holds user u's top-k items of the reverse process of modality m (Sec. 2.2.3)."""
+    users = np.arange(data.n_users)
+    for m in model.modalities:
+        final = model.denoising_trajectory(users, m)[-1]  # (n_users, n_items) alpha_hat_0
+        top = final.topk(model.config.rebuild_k, dim=1).indices.numpy()
+        rows = [set(model.generated[m][u].indices.tolist()) for u in users]
+        assert len({frozenset(r) for r in rows}) > 1  # users differ, so a user mix-up shows
+        assert rows == [set(t.tolist()) for t in top], m
 
 
 # ------------------------------------------------------------- denoising
@@ -298,6 +327,10 @@ def test_explorer_redraws_on_value_change(model, data):
     explorer.step.value = 0
     assert explorer.denoising_figure is not first_steps
     assert "reverse step 0/" in explorer.denoising_figure.layout.title.text
+    other = next(m for m in model.modalities if m != explorer.modality.value)
+    explorer.modality.value = other  # the trajectory is recomputed for that modality's generator
+    final = explorer.frame[explorer.frame["step"] == model.config.steps].sort_values("rank")
+    assert set(final["item"].iloc[:3]) == set(model.generated[other][3].indices)
     explorer.modality.value = "text"
     assert "'text'" in explorer.case_figure.layout.title.text
     assert len(explorer.case_output.outputs) == 1 and len(explorer.denoising_output.outputs) == 1
@@ -334,8 +367,8 @@ def test_figures_cli_by_config_field(tmp_path, capsys):
     for name, rho, seed, recall in (("a", 0.0, 1, 0.10), ("b", 0.0, 2, 0.12), ("c", 0.5, 1, 0.08)):
         run = tmp_path / name
         run.mkdir()
-        (run / "config.json").write_text(json.dumps({"model": "diffmm", "model_config": {"fusion_ratio": rho,
-                                                                                       "denoiser_hidden": [16]},
+        (run / "config.json").write_text(json.dumps({"model": "diffmm", "model_config": {
+            "fusion_ratio": rho, "denoiser_hidden": [16], "first_beta": 1e-4 if name == "a" else None},
                                                      "train": {"seed": seed}}))
         (run / "metrics.json").write_text(json.dumps({"test": {"recall@20": recall, "ndcg@20": recall / 2}}))
         runs.append(run)
@@ -345,6 +378,7 @@ def test_figures_cli_by_config_field(tmp_path, capsys):
     assert table["recall@20_std"].iloc[0] == pytest.approx(np.std([0.10, 0.12], ddof=1))
     assert np.isnan(table["recall@20_std"].iloc[1])  # one run: no spread
     assert runs_by_field(runs, "seed")["runs"].tolist() == [2, 1]  # train fields work too
+    assert runs_by_field(runs, "first_beta")["runs"].tolist() == [1, 2]  # unset (None) runs are kept
     assert runs_by_field(runs, "denoiser_hidden")["runs"].tolist() == [3]  # list-valued fields group too
     out = tmp_path / "figures"
     args = [a for run in runs for a in ("--run", str(run))]

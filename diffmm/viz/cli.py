@@ -76,7 +76,7 @@ def runs_by_field(run_dirs: list[str | Path], field: str, metrics=("recall@20", 
             raise FileNotFoundError(f"{run_dir / 'metrics.json'} is missing; is {run_dir} a finished run directory?")
         test = json.loads((run_dir / "metrics.json").read_text())["test"]
         rows.append({field: config_field(run_dir, field), **{m: test[m] for m in metrics}})
-    table = pd.DataFrame(rows).groupby(field, sort=True)
+    table = pd.DataFrame(rows).groupby(field, sort=True, dropna=False)  # unset optional fields group as 'none'
     out = table.mean()
     for m in metrics:
         out[f"{m}_std"] = table[m].std(ddof=1)
@@ -94,7 +94,7 @@ def write_field_figure(run_dirs: list[str | Path], field: str, out: str | Path, 
 
     table = runs_by_field(run_dirs, field)
     title = (title or f"test metrics (validation-selected) against {field}") + "; runs per value: " + \
-        ", ".join(f"{v}: {n}" for v, n in zip(table[field], table["runs"]))
+        ", ".join(f"{'none' if isinstance(v, float) and v != v else v}: {n}" for v, n in zip(table[field], table["runs"]))
     return save_figure(hyperparameter_figure(table, field, title=title), Path(out) / field, png=png,
                        include_plotlyjs=plotlyjs)
 

@@ -100,10 +100,11 @@ def user_subgraph(model, dataset: RecDataset, user: int, modality: str | None = 
     return G
 
 
-def _item_rank(roles: Sequence[str]) -> tuple[int, ...]:
-    """Sort key: generated items first (generated-and-test at the very top), then train, then test."""
-    generated = any(r.startswith("generated") for r in roles)
-    return (0 if generated else 1, 0 if "test" in roles else 1, 0 if "train" not in roles else 1)
+def _item_rank(roles: Sequence[str]) -> tuple[int, int]:
+    """Sort key (ROLE_ORDER): generated items first (generated-and-test at the very top), then train, then test."""
+    if any(r.startswith("generated") for r in roles):
+        return 0, 0 if "test" in roles else 1
+    return (1 if "train" in roles else 2), 0
 
 
 def _ordered_items(G: nx.MultiGraph) -> list:

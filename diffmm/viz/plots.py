@@ -143,11 +143,18 @@ def hyperparameter_figure(results: pd.DataFrame, param: str, metrics: Sequence[s
     """
     if param not in results.columns:
         raise ValueError(f"no column '{param}' in the results; columns: {list(results.columns)}")
+    def label(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "none"  # an optional field left unset (e.g. first_beta)
+        return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)
+
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
+    # one category order for every line: the sorted union of all values (else plotly orders by first appearance)
+    order = [label(v) for v in results[param].drop_duplicates().sort_values(na_position="last")]
     groups = results.groupby(by, sort=False) if by else [(None, results)]
     for g, (name, part) in enumerate(groups):
-        part = part.sort_values(param)
-        x = [f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v) for v in part[param]]
+        part = part.sort_values(param, na_position="last")
+        x = [label(v) for v in part[param]]
         for j, metric in enumerate(metrics):
             column = _metric_column(part, metric, split)
             std = part.get(f"{column}_std")  # error bars when the table carries a spread (e.g. over seeds)
@@ -155,7 +162,8 @@ def hyperparameter_figure(results: pd.DataFrame, param: str, metrics: Sequence[s
                                      error_y=None if std is None else dict(type="data", array=std.fillna(0).tolist()),
                                      legendgroup=str(name), showlegend=bool(by) and j == 0,
                                      marker=dict(size=9), line=dict(color=_colour(g))), row=1, col=j + 1)
-            fig.update_xaxes(title_text=param, type="category", row=1, col=j + 1)
+            fig.update_xaxes(title_text=param, type="category", categoryorder="array", categoryarray=order,
+                             row=1, col=j + 1)
     fig.update_layout(title=title or f"sensitivity to {param}", template="plotly_white", showlegend=bool(by))
     return fig
 
