@@ -203,6 +203,13 @@ def test_user_subgraph_one_modality_and_max_items(model, data):
     assert sources.count("train") == 2 and G.graph["dropped_train_items"] == data.train[user].nnz - 2
     assert {s for s in sources if s.startswith("generated")} == {f"generated:{m}"}
     assert sources.count(f"generated:{m}") == 3
+    # the kept training items are the 2 most cosine-similar (max over the generated items) in that modality
+    x = data.item_features[m].astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    train, added = data.train[user].indices, model.generated[m][user].indices
+    closeness = (x[train] @ x[added].T).max(1)
+    kept = {b[1] for _, b, key in G.edges(keys=True) if key == "train"}
+    assert kept == set(train[np.argsort(-closeness)[:2]].tolist())
     with pytest.raises(ValueError, match="unknown modality 'audio'"):
         user_subgraph(model, data, user, modality="audio")
 
