@@ -23,6 +23,7 @@ import torch
 from scipy.special import gammaln
 
 from diffmm.config import DiffMMConfig, TrainConfig
+from diffmm.contrastive import ROW_MULTIPLE
 from diffmm.data.dataset import RecDataset
 
 
@@ -64,6 +65,7 @@ class EpochFlops:
     evaluation: float
     # the same epoch done the straightforward way: the reverse loop over item-wide vectors, and one
     # log-sum-exp per drawn node (the work count of the issue and of the reference code)
+    plain_generator_train: float = 0.0
     plain_graph_generation: float = 0.0
     plain_recommender: float = 0.0
 
@@ -73,7 +75,7 @@ class EpochFlops:
 
     @property
     def plain_total(self) -> float:
-        return self.generator_train + self.plain_graph_generation + self.plain_recommender + self.evaluation
+        return self.plain_generator_train + self.plain_graph_generation + self.plain_recommender + self.evaluation
 
 
 def expected_distinct(degrees: np.ndarray, draws: int) -> float:
@@ -93,32 +95,52 @@ def expected_distinct(degrees: np.ndarray, draws: int) -> float:
 def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> EpochFlops:
     """Dense matmul FLOPs of one DiffMM epoch (sparse products and elementwise work are ignored).
 
-    Denoiser: layers (I + t_dim) -> hidden... -> I; a forward costs 2 * sum(fan_in * fan_out) per
-    user, training adds ~2x for the backward pass. Generation runs in the hidden space
-    (:meth:`GaussianDiffusion.reverse`): per modality one W_0 W_L product, then per user T passes
-    through the middle layers, T - 1 (H_L x H_0) recursion products and one output product.
-    Contrastive: per BPR step and per InfoNCE term, (B' x d) @ (d x N) forward plus 2 such backward,
-    with B' the expected number of distinct users (items) among the batch's B draws.
+    Denoiser (per user and modality): layers (I + t_dim) -> hidden... -> I, plus the step embedding's
+    (t_dim x t_dim) projection. Training costs each product's forward, weight gradient and input
+    gradient (3x), except where the input is data: layer 0's items block (alpha_t) and the step
+    projection (emb(t)) get no input gradient; MSI's x0_hat @ e_m costs a forward and x0_hat's
+    gradient (e_m is detached). Generation runs in the hidden space (:meth:`GaussianDiffusion.reverse`):
+    per modality one W_0 W_L product, then per user T passes through the step embedding and the middle
+    layers, T - 1 (H_L x H_0) recursion products and one output product. Trans(f^m) (Eq. 15) is
+    computed once per generator pass and per graph generation, and per BPR step with its weight
+    gradient. Contrastive: per BPR step and per InfoNCE term, (B' x d) @ (d x N) forward plus 2 such
+    backward, with B' the expected number of distinct users (positive items) among the batch's B draws,
+    padded to a multiple of ROW_MULTIPLE.
+    Evaluation: one full-ranking pass (the mean of the validation and test users; the bench times one).
     """
-    U, I, M, d = dataset.n_users, dataset.n_items, len(dataset.item_features), cfg.dim
-    sizes = [I + cfg.time_dim, *cfg.denoiser_hidden, I]
-    forward = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # per user
-    msi = 2 * 2 * I * d if cfg.msi_weight else 0  # x0_hat @ e_m (the observed side is sparse)
-    generator_train = U * M * (3 * forward + 3 * msi) if cfg.generator == "diffusion" else 0
+    U, I, M, d, t = dataset.n_users, dataset.n_items, len(dataset.item_features), cfg.dim, cfg.time_dim
     h0, hl = cfg.denoiser_hidden[0], cfg.denoiser_hidden[-1]
+    sizes = [I + t, *cfg.denoiser_hidden, I]
+    forward = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + 2 * t * t  # per user
+    msi = 2 * I * d if cfg.msi_weight else 0  # x0_hat @ e_m (the observed side is sparse)
+    train_per_user = 3 * forward - 2 * I * h0 - 2 * t * t + 2 * msi  # no input gradient for data inputs
+    projections = sum(2 * I * f.shape[1] * d for f in dataset.item_features.values())  # Trans(f^m), Eq. 15
+    diffusion = cfg.generator == "diffusion"
+    generator_train = U * M * train_per_user + projections if diffusion else 0
     middle = 2 * sum(a * b for a, b in zip(cfg.denoiser_hidden[:-1], cfg.denoiser_hidden[1:]))
-    per_user = cfg.steps * middle + (cfg.steps - 1) * 2 * hl * h0 + 2 * hl * I
-    graph_generation = M * (2 * h0 * I * hl + U * per_user) if cfg.generator == "diffusion" else 0
-    steps = -(-dataset.train.nnz // train.batch_size)
-    B = train.batch_size
+    per_user = cfg.steps * (2 * t * t + 2 * t * h0 + middle) + (cfg.steps - 1) * 2 * hl * h0 + 2 * hl * I
+    graph_generation = M * (2 * h0 * I * (hl + 1) + U * per_user) + projections if diffusion else 0
+    full, last = divmod(dataset.train.nnz, train.batch_size)  # full batches, and the last one's draws
+    steps = full + (last > 0)
     n_terms = M if cfg.cl_anchor == "main" else M * (M - 1) // 2
-    distinct_users, distinct_items = (expected_distinct(np.diff(m.indptr), B) for m in (dataset.train, dataset.train.T.tocsr()))
-    cl = steps * n_terms * 3 * 2 * d * (distinct_users * U + distinct_items * I) if cfg.cl_weight else 0
-    n_eval = int((dataset.valid.getnnz(axis=1) > 0).sum() + (dataset.test.getnnz(axis=1) > 0).sum())
-    evaluation = 2 * n_eval * d * I
-    plain_graph_generation = U * M * cfg.steps * forward if cfg.generator == "diffusion" else 0
-    plain_cl = steps * n_terms * 3 * 2 * B * d * (U + I) if cfg.cl_weight else 0
-    return EpochFlops(generator_train, graph_generation, cl, evaluation, plain_graph_generation, plain_cl)
+    degrees = np.diff(dataset.train.indptr), np.diff(dataset.train.T.tocsr().indptr)  # users, items
+    pad = (ROW_MULTIPLE - 1) / 2  # InfoNCE pads its anchors to a multiple of ROW_MULTIPLE rows: on average
+
+    def cl_step(draws: int) -> float:
+        distinct_users, distinct_items = (expected_distinct(deg, draws) + pad for deg in degrees)
+        return n_terms * 3 * 2 * d * (distinct_users * U + distinct_items * I)
+
+    cl = (full * cl_step(train.batch_size) + (cl_step(last) if last else 0)) if cfg.cl_weight else 0
+    recommender = steps * 2 * projections + cl  # Trans(f^m) forward + weight gradient per step
+    n_eval = int((dataset.valid.getnnz(axis=1) > 0).sum() + (dataset.test.getnnz(axis=1) > 0).sum()) / 2
+    evaluation = 2 * n_eval * d * I + projections  # the final embeddings (Eq. 20-23) include Trans(f^m)
+    # The plain way (the reference code): layer 0 on [alpha_t, emb(t)] needs its input gradient, MSI
+    # multiplies the observed vectors as dense, the reverse loop runs item-wide, one log-sum-exp per draw.
+    plain_generator_train = U * M * (3 * forward + 3 * msi) + projections if diffusion else 0
+    plain_graph_generation = U * M * cfg.steps * forward + projections if diffusion else 0
+    plain_cl = n_terms * 3 * 2 * dataset.train.nnz * d * (U + I) if cfg.cl_weight else 0  # every draw
+    return EpochFlops(generator_train, graph_generation, recommender, evaluation, plain_generator_train,
+                      plain_graph_generation, steps * 2 * projections + plain_cl)
 
 
 def peak_rss_mb() -> float:

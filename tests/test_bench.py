@@ -1,12 +1,17 @@
-"""The benchmark's FLOP count (by hand) and its report on a tiny synthetic set."""
+"""The benchmark's FLOP count (against the products that run) and its report on a tiny synthetic set."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from diffmm.bench import epoch_flops, matmul_rate, run_bench
 from diffmm.config import DiffMMConfig, TrainConfig
+from diffmm.data.sampling import NegativeSampler
 from diffmm.data.synthetic import make_synthetic
+from diffmm.evaluate import evaluate
 from diffmm.models import DiffMM
 from diffmm.models.base import adam
 
@@ -21,30 +26,73 @@ def small_config(**kw) -> DiffMMConfig:
     return DiffMMConfig(**{**dict(dim=8, denoiser_hidden=(16,), time_dim=4, generator_batch_size=16, steps=3), **kw})
 
 
-def test_epoch_flops_by_hand(data):
+class DenseMatmulFlops(TorchDispatchMode):
+    """Counts the FLOPs of dense matrix products as they run (mm, addmm, in-place addmm_, mv, bmm);
+    products with a sparse operand are tallied apart."""
+
+    OPERANDS = {"mm": (0, 1), "addmm": (1, 2), "addmm_": (1, 2), "bmm": (0, 1), "mv": (0, 1), "addmv": (1, 2)}
+
+    def __init__(self):
+        super().__init__()
+        self.dense = self.sparse = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in self.OPERANDS:
+            a, b = (args[i] for i in self.OPERANDS[func.overloadpacket.__name__])
+            flops = 2 * math.prod(a.shape) * (b.shape[-1] if b.dim() >= 2 else 1)
+            if a.layout == torch.strided and b.layout == torch.strided:
+                self.dense += flops
+            else:
+                self.sparse += flops
+        return out
+
+
+def test_epoch_flops_equal_the_products_that_run():
+    """The bench's analytic count against the dense products counted while one epoch's phases run."""
+    data = make_synthetic(n_users=300, n_items=200, modalities={"image": (32, 1.0), "text": (16, 0.5)},
+                          mean_activity=8, seed=3)
+    cfg = DiffMMConfig(dim=16, denoiser_hidden=(48,), time_dim=6, generator_batch_size=64, steps=4, cl_anchor="main")
+    train = TrainConfig(batch_size=128)
+    flops = epoch_flops(data, cfg, train)
+    torch.manual_seed(0)
+    model = DiffMM(data, cfg)
+    optimizers = model.configure_optimizers(1e-3)
+    with DenseMatmulFlops() as count:
+        model.train_generators(optimizers["generator"])
+    assert count.dense == pytest.approx(flops.generator_train, rel=1e-9)  # exact
+    with DenseMatmulFlops() as count:
+        model.generate_graphs()
+    assert count.dense == pytest.approx(flops.graph_generation, rel=1e-9)  # exact
+    triples = torch.from_numpy(np.stack(NegativeSampler(data.train).epoch_triples(np.random.default_rng(0))))
+    with DenseMatmulFlops() as count:
+        for users, positives, negatives in triples.split(train.batch_size, dim=1):
+            optimizers["rec"].zero_grad()
+            model.loss(users, positives, negatives)["loss"].backward()
+    # the count uses the expected number of distinct anchors per batch (and their mean padding)
+    assert count.dense == pytest.approx(flops.recommender, rel=0.05)
+    with DenseMatmulFlops() as count:
+        for split in ("valid", "test"):
+            evaluate(model.scorer(), data, split, (20,))
+    assert count.dense / 2 == pytest.approx(flops.evaluation, rel=1e-9)  # the bench times one pass
+    # Eq. 18 (modality anchor): one unordered pair of 2 modalities, against Eq. 19's one term per modality
+    pair = epoch_flops(data, cfg.replace(cl_anchor="modality"), train).recommender
+    without_cl = epoch_flops(data, cfg.replace(cl_weight=0.0), train).recommender  # Trans(f^m) only
+    assert 2 * pair - flops.recommender == pytest.approx(without_cl, rel=1e-9)
+
+
+def test_plain_epoch_flops_by_hand(data):
     cfg, train = small_config(cl_anchor="main"), TrainConfig(batch_size=32)
-    U, I, d = data.n_users, data.n_items, 8
-    forward = 2 * ((I + 4) * 16 + 16 * I)  # one denoiser pass per user: (I + t) -> 16 -> I
-    msi = 2 * 2 * I * d
+    U, I, d, t = data.n_users, data.n_items, 8, 4
+    forward = 2 * ((I + t) * 16 + 16 * I + t * t)  # one item-wide denoiser pass per user
+    projections = 2 * I * (16 + 8) * d
     steps = -(-data.train.nnz // 32)
     flops = epoch_flops(data, cfg, train)
-    assert flops.generator_train == U * 2 * (3 * forward + 3 * msi)  # 2 modalities, forward + backward
-    # hidden-space reverse, T = 3: W_0 W_L once per modality; per user 2 recursion products + 1 output product
-    assert flops.graph_generation == 2 * (2 * 16 * I * 16 + U * (2 * 2 * 16 * 16 + 2 * 16 * I))
-    # distinct users / items among 32 draws of training pairs, by simulation
-    rng = np.random.default_rng(0)
-    pair_users, pair_items = data.train.nonzero()
-    draws = [rng.choice(data.train.nnz, 32, replace=False) for _ in range(4000)]
-    b_u = np.mean([len(np.unique(pair_users[x])) for x in draws])
-    b_i = np.mean([len(np.unique(pair_items[x])) for x in draws])
-    main = steps * 2 * 3 * 2 * d * (b_u * U + b_i * I)  # Eq. 19: one term per modality
-    assert flops.recommender == pytest.approx(main, rel=0.02)
-    pairs = epoch_flops(data, small_config(cl_anchor="modality"), train).recommender
-    assert pairs == pytest.approx(flops.recommender / 2, rel=1e-12)  # Eq. 18: one unordered modality pair
-    assert epoch_flops(data, small_config(cl_weight=0.0), train).recommender == 0
-    # the plain way: T item-wide denoiser passes per user and modality, one log-sum-exp per drawn node
-    assert flops.plain_graph_generation == U * 2 * 3 * forward
-    assert flops.plain_recommender == steps * 2 * 3 * 2 * 32 * d * (U + I)
+    # the plain way: every denoiser product with both gradients, MSI's observed side dense (6 I d),
+    # T item-wide denoiser passes per user and modality, one log-sum-exp per drawn node
+    assert flops.plain_generator_train == U * 2 * (3 * forward + 3 * 2 * I * d) + projections
+    assert flops.plain_graph_generation == U * 2 * 3 * forward + projections
+    assert flops.plain_recommender == steps * 2 * projections + 2 * 3 * 2 * data.train.nnz * d * (U + I)
     assert flops.plain_total > flops.total
 
 
