@@ -144,7 +144,8 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """The process's peak resident set size in MiB (2^20 bytes; Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs: int = 2,
@@ -201,7 +202,7 @@ def format_table(r: dict) -> str:
              f"{'evaluation':<20}{r['evaluation_s']:>10.2f}{f['evaluation']:>10.3f}",
              f"{'epoch':<20}{r['epoch_s']:>10.2f}{r['tflop_per_epoch']:>10.3f}",
              f"floor ({r['precision']}): {r['floor_s']:.2f} s -> epoch / floor = {r['epoch_over_floor']:.2f}; "
-             f"peak RSS {r['peak_rss_mb']:.0f} MB",
+             f"peak RSS {r['peak_rss_mb']:.0f} MiB",
              f"floor of the same epoch done the plain way ({r['plain_tflop_per_epoch']:.2f} TFLOP: item-wide reverse "
              f"loop, a log-sum-exp per draw): {r['plain_floor_s']:.2f} s -> epoch / that = {r['epoch_over_plain_floor']:.2f}"]
     return "\n".join(lines)
