@@ -110,7 +110,7 @@ class GaussianDiffusion(nn.Module):
         """
         t = self.sample_steps(x0.shape[0], x0.device)
         x0_hat = denoiser(self.q_sample(x0, t), t)  # Eq. 2, then the denoiser (alpha_t is not kept alive)
-        mse = F.mse_loss(x0_hat, x0.to(x0_hat.dtype), reduction="none").mean(dim=-1)  # Eq. 13 (mean over items; weighted below)
+        mse = F.mse_loss(x0_hat, x0.to(x0_hat.dtype), reduction="none").mean(dim=-1)  # Eq. 13, mean over items
         return self.loss_weight[t] * mse, x0_hat
 
     @torch.no_grad()
