@@ -28,7 +28,7 @@ from diffmm.config import DiffMMConfig, RunConfig, TrainConfig, parse_value
 from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
-from diffmm.train import Callback, FitResult, Trainer
+from diffmm.train import Callback, FitResult, Trainer, data_signature
 from diffmm.utils import atomic_path, atomic_write_text, seed_everything, trim_heap
 
 
@@ -103,8 +103,7 @@ def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = Non
 
 def config_key(dataset: RecDataset, config: RunConfig) -> str:
     """A short hash of everything that determines a run (dataset shape/name and the full config)."""
-    blob = json.dumps({"data": [dataset.name, dataset.n_users, dataset.n_items, dataset.train.nnz],
-                       "config": config.to_dict()}, sort_keys=True, default=list)
+    blob = json.dumps({"data": data_signature(dataset), "config": config.to_dict()}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
