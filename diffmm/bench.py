@@ -35,11 +35,11 @@ def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
     times = []
     for _ in range(repeats):
         if device != "cpu":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         a @ b
         if device != "cpu":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times)
 

@@ -269,7 +269,9 @@ class Trainer:
             "epoch": self.epoch, "history": self.history, "best": self.best,
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
                     "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                    # the training device's generator only: querying every visible GPU would start a
+                    # CUDA context on each (host memory) even for a CPU run, and tie resume to the GPU count
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "config": self.config.to_dict(), "signature": self.run_signature(),
         })
 
@@ -289,5 +291,8 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda_state = state["rng"]["cuda"]
+        if cuda_state is not None and self.device.type == "cuda":
+            if isinstance(cuda_state, list):  # older checkpoints: one state per visible GPU
+                cuda_state = cuda_state[torch.cuda.current_device() if self.device.index is None else self.device.index]
+            torch.cuda.set_rng_state(cuda_state, self.device)

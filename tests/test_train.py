@@ -73,6 +73,22 @@ def test_resume_continues_exactly(data, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_cpu_checkpoints_leave_gpus_alone(data, tmp_path, monkeypatch):
+    # on a GPU host a CPU run must not query the GPUs' generators (each query starts a CUDA context)
+    import torch
+
+    def no_gpu(*args, **kwargs):
+        raise AssertionError("a CPU run queried a GPU's random state")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, no_gpu)
+    cfg = TrainConfig(epochs=2, progress=False, batch_size=256, seed=3, device="cpu")
+    Trainer(build_model("mf", data), data, cfg.replace(epochs=1), out_dir=tmp_path).fit()
+    assert Trainer(build_model("mf", data), data, cfg, out_dir=tmp_path, resume=True).fit().epochs_run == 2
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["rng"]["cuda"] is None
+
+
 def test_resume_refuses_a_run_directory_of_other_settings(data, tmp_path):
     def config(**overrides):
         return build_run_config("mf", overrides={"epochs": "1", "seed": "5", "progress": "false", "dim": "16",
