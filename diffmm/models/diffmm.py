@@ -26,7 +26,9 @@ from diffmm.models.base import Recommender, adam, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
 from diffmm.utils import trim_heap
 
-GENERATOR_CHUNK_BYTES = 16 << 20  # largest dense (rows x items) float32 block per generator backward
+# largest dense (rows x items) float32 block per generator backward; a full chunk's blocks are above
+# utils.MMAP_THRESHOLD_BYTES, so their pages leave the process when they are freed
+GENERATOR_CHUNK_BYTES = 16 << 20
 
 
 class DiffMM(Recommender):
