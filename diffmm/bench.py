@@ -131,7 +131,8 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
         return n_terms * 3 * 2 * d * (distinct_users * U + distinct_items * I)
 
     cl = (full * cl_step(train.batch_size) + (cl_step(last) if last else 0)) if cfg.cl_weight else 0
-    recommender = steps * 2 * projections + cl  # Trans(f^m) forward + weight gradient per step
+    step_projections = steps * 2 * projections  # Trans(f^m) forward + weight gradient per BPR step
+    recommender = step_projections + cl
     n_eval = int((dataset.valid.getnnz(axis=1) > 0).sum() + (dataset.test.getnnz(axis=1) > 0).sum()) / 2
     evaluation = 2 * n_eval * d * I + projections  # the final embeddings (Eq. 20-23) include Trans(f^m)
     # The plain way (the reference code): layer 0 on [alpha_t, emb(t)] needs its input gradient, MSI
@@ -140,7 +141,7 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
     plain_graph_generation = U * M * cfg.steps * forward + projections if diffusion else 0
     plain_cl = n_terms * 3 * 2 * dataset.train.nnz * d * (U + I) if cfg.cl_weight else 0  # every draw
     return EpochFlops(generator_train, graph_generation, recommender, evaluation, plain_generator_train,
-                      plain_graph_generation, steps * 2 * projections + plain_cl)
+                      plain_graph_generation, step_projections + plain_cl)
 
 
 def peak_rss_mb() -> float:
