@@ -206,6 +206,8 @@ def _extra_commands() -> dict:
         commands["bench"] = bench
     except ImportError:
         pass
+    from diffmm.experiments.reproduce import add_parser as reproduce
+    commands["reproduce"] = reproduce
     try:
         from diffmm.viz.cli import add_parser as figures
         commands["figures"] = figures

@@ -1,0 +1,260 @@
+"""Run what the results store is missing for a set of analyses, then draw their figures from the store.
+
+    python -m diffmm reproduce --status                  # done / missing per analysis, hours left
+    python -m diffmm reproduce --only tiktok --jobs 1    # train what is missing (resumable), render
+    python -m diffmm reproduce --render-only             # redraw every figure from the committed store
+
+Each missing run trains in its own work directory (``runs/reproduce/<dataset>/<model>-<key>/``, with
+``last.pt`` saved every epoch), so a killed sweep restarted with the same command resumes each
+unfinished run from its last epoch and redoes nothing that is stored. A finished run's record goes into
+the store (``figures/results/``) atomically, and its work directory is removed.
+
+Executors: ``local`` runs ``--jobs`` worker processes on this machine, the CPU threads split between
+them (on CUDA, several processes share one GPU); ``ray`` hands the same runs to a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from diffmm.config import RunConfig
+from diffmm.experiments.analyses import Analysis
+from diffmm.experiments.store import code_version, load_records, make_record, run_key, write_record
+
+STORE = Path("figures/results")
+WORK = Path("runs/reproduce")
+# Seconds per run on this project's 2-core CPU machine (2 threads), used until the store holds runs
+# of the same dataset and model to estimate from.
+DEFAULT_COST_S = {("tiktok", "diffmm"): 1500.0, ("tiktok", "lightgcn"): 430.0, ("tiktok", "mf"): 260.0,
+                  ("ml100k", "diffmm"): 900.0, ("ml100k", "lightgcn"): 370.0, ("ml100k", "mf"): 80.0}
+
+
+@dataclass
+class Job:
+    """One run the store is missing."""
+
+    dataset: str
+    config: RunConfig
+    key: str
+    analyses: list[str]
+    estimate_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.config.model}-{self.key}"
+
+
+def plan(analyses: Sequence[Analysis], store: str | Path = STORE) -> tuple[pd.DataFrame, list[Job]]:
+    """Per analysis: runs declared, done and missing; and the missing runs, each once (shared points merged)."""
+    records = {}
+    for dataset in {a.dataset for a in analyses}:
+        records.update(load_records(store, dataset))
+    jobs: dict[str, Job] = {}
+    rows = []
+    for analysis in analyses:
+        keys = []
+        for _, _, config in analysis.runs():
+            key = run_key(analysis.dataset, config)
+            keys.append(key)
+            if key not in records:
+                job = jobs.setdefault(key, Job(analysis.dataset, config, key, []))
+                job.analyses.append(analysis.id)
+        unique = set(keys)
+        rows.append({"analysis": analysis.id, "runs": len(unique), "done": len(unique & set(records)),
+                     "missing": len(unique - set(records))})
+    for job in jobs.values():
+        job.estimate_s = estimate_s(job.dataset, job.config.model, records.values())
+    table = pd.DataFrame(rows, columns=["analysis", "runs", "done", "missing"])
+    return table, list(jobs.values())  # in declaration order: analyses, then points, then seeds
+
+
+def estimate_s(dataset: str, model: str, records) -> float:
+    """Median wall time of stored CPU runs of this dataset and model, else :data:`DEFAULT_COST_S`."""
+    walls = [r["wall_s"] for r in records if r["dataset"] == dataset and r["model"] == model
+             and str(r.get("device", "cpu")).startswith("cpu") and r.get("wall_s")]
+    if walls:
+        return float(pd.Series(walls).median())
+    return DEFAULT_COST_S.get((dataset, model), 60.0)
+
+
+def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1) -> tuple[pd.DataFrame, dict]:
+    """The per-analysis table and the summary line {done, missing, estimated_hours} (runs counted once)."""
+    table, missing = plan(analyses, store)
+    all_keys = {run_key(a.dataset, c) for a in analyses for _, _, c in a.runs()}
+    summary = {"done": len(all_keys) - len(missing), "missing": len(missing),
+               "estimated_hours": round(sum(j.estimate_s for j in missing) / 3600 / max(jobs, 1), 2)}
+    return table, summary
+
+
+# ------------------------------------------------------------------------------------- one run
+_DATA: dict = {}
+
+
+def load_data(name: str, data_root: str | None = None):
+    """A dataset by registered name (``<data_root>/<name>`` when given), cached per process."""
+    from diffmm import datasets
+
+    if (name, data_root) not in _DATA:
+        _DATA[(name, data_root)] = datasets.load(name, root=data_root) if data_root and name != "synthetic" \
+            else datasets.load(name)
+    return _DATA[(name, data_root)]
+
+
+def execute(job: Job, store: str | Path = STORE, work: str | Path = WORK, device: str = "cpu",
+            threads: int = 0, data_root: str | None = None, keep: bool = False,
+            callbacks: Sequence = ()) -> dict:
+    """Train one run in its work directory (resuming it), write its record to the store, return the record."""
+    from diffmm.experiments.runs import run
+
+    dataset = load_data(job.dataset, data_root)
+    config = RunConfig.from_dict(job.config.to_dict())
+    config.train.update(device=device, threads=threads, progress=False)
+    out = Path(work) / job.dataset / f"{job.config.model}-{job.key}"
+    result, _ = run(dataset, config, out, resume=True, callbacks=callbacks)
+    import torch
+
+    record = make_record(dataset, config, result, device=str(device), threads=threads or torch.get_num_threads())
+    write_record(store, record)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return record
+
+
+def _worker(args: tuple) -> tuple[str, float, str | None]:
+    job, store, work, device, threads, data_root, keep = args
+    start = time.perf_counter()
+    try:
+        execute(job, store, work, device, threads, data_root, keep)
+        return job.name, time.perf_counter() - start, None
+    except Exception as error:  # reported by the parent; the other runs go on
+        return job.name, time.perf_counter() - start, f"{type(error).__name__}: {error}"
+
+
+# ------------------------------------------------------------------------------------ executors
+def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path = WORK, jobs: int = 1,
+             device: str = "cpu", threads: int | None = None, data_root: str | None = None,
+             engine: str = "local", address: str | None = None, keep: bool = False, progress: bool = True,
+             callbacks: Sequence = (), on_done: Callable[[str], None] | None = None) -> list[str]:
+    """Train every job; returns the errors ('<run>: <message>'). The progress bar counts estimated
+    seconds, so its time-left estimate weighs a DiffMM run more than a popularity run."""
+    if not missing:
+        return []
+    code_version()  # the code that trains, read before any run (records name it)
+    jobs = max(1, int(jobs))
+    if threads is None:  # the cores split between the workers (each worker's torch threads)
+        threads = max(1, (os.cpu_count() or 1) // jobs) if device.startswith("cpu") else 1
+    bar = tqdm(total=round(sum(j.estimate_s for j in missing)), unit="s", disable=not progress,
+               desc=f"{len(missing)} runs", bar_format="{desc}{percentage:3.0f}%|{bar}| "
+               "[{elapsed}<{remaining}, est. {total_fmt}s of runs]")
+    errors: list[str] = []
+    estimates = {j.name: j.estimate_s for j in missing}
+    finished = 0
+
+    def done(name: str, seconds: float, error: str | None) -> None:
+        nonlocal finished
+        finished += 1
+        bar.set_description(f"{finished}/{len(missing)} runs")
+        bar.update(round(estimates[name]))
+        if error:
+            errors.append(f"{name}: {error}")
+            bar.write(f"failed {name}: {error}")
+        else:
+            bar.write(f"stored {name} ({seconds:.0f} s)")
+            if on_done:
+                on_done(name)
+
+    args = [(j, str(store), str(work), device, threads, data_root, keep) for j in missing]
+    if engine == "ray":
+        from diffmm.experiments.ray_engine import run_on_ray
+
+        for name, seconds, error in run_on_ray(args, _worker, address=address, jobs=jobs, device=device):
+            done(name, seconds, error)
+    elif engine != "local":
+        raise ValueError(f"--engine must be 'local' or 'ray', got '{engine}'")
+    elif jobs == 1:  # in this process (callbacks reach the Trainer); a failed run is reported, the rest go on
+        for job in missing:
+            start = time.perf_counter()
+            try:
+                execute(job, store, work, device, threads, data_root, keep, callbacks)
+                error = None
+            except Exception as failure:
+                error = f"{type(failure).__name__}: {failure}"
+            done(job.name, time.perf_counter() - start, error)
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+            for name, seconds, error in pool.imap_unordered(_worker, args):
+                done(name, seconds, error)
+    bar.close()
+    return errors
+
+
+def summary_line(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1) -> str:
+    return json.dumps(status(analyses, store, jobs)[1])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="train what the results store lacks for the paper's analyses; draw figures",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--only", help="comma-separated analyses, names or datasets (default: all); e.g. "
+                                  "tiktok, table3_ablation, ml100k/fig4_fusion_ratio")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (local: worker processes)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"))
+    p.add_argument("--address", help="Ray cluster address (--engine ray; default: start a local Ray)")
+    p.add_argument("--status", action="store_true", help="print done / missing per analysis and the time left")
+    p.add_argument("--render-only", action="store_true", help="draw the figures from the store, train nothing")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick variants (synthetic data, few epochs, one seed) into runs/quick/")
+    p.add_argument("--store", default=None, help=f"results store (default {STORE}; --quick: runs/quick/results)")
+    p.add_argument("--out", default=None, help="figures root (default figures/; --quick: runs/quick/figures)")
+    p.add_argument("--work", default=None, help=f"work directories of unfinished runs (default {WORK})")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding <dataset>/ copies (default: the dataset cache, fetched if needed)")
+    p.add_argument("--keep-runs", action="store_true", help="keep each finished run's directory (checkpoints)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+
+
+def main(args, extra=()) -> int:
+    from diffmm.experiments import analyses as declared
+    from diffmm.viz.reproduction import render
+
+    pool = declared.quick_analyses() if args.quick else declared.ANALYSES
+    chosen = declared.select(args.only, pool)
+    store = Path(args.store or ("runs/quick/results" if args.quick else STORE))
+    out = Path(args.out or ("runs/quick/figures" if args.quick else "figures"))
+    work = Path(args.work or ("runs/quick/work" if args.quick else WORK))
+    table, missing = plan(chosen, store)
+    if args.status:
+        print(table.to_string(index=False))
+        print(summary_line(chosen, store, args.jobs))
+        return 0
+    errors: list[str] = []
+    if not args.render_only and missing:
+        by_id = {a.id: a for a in chosen}
+
+        def redraw(name: str) -> None:  # figures follow the store as runs land
+            job = next(j for j in missing if j.name == name)
+            render([by_id[i] for i in job.analyses], load_records(store), out)
+
+        errors = run_jobs(missing, store, work, args.jobs, args.device, args.threads, args.data_root, args.engine,
+                          args.address, args.keep_runs, progress=not args.no_progress, on_done=redraw)
+        if errors:
+            print("\n".join(f"error: {e}" for e in errors))
+    written = render(chosen, load_records(store), out)
+    print(f"{len(written)} files under {out}/ from {store}/")
+    print(summary_line(chosen, store, args.jobs))
+    return 1 if errors else 0

@@ -1,0 +1,191 @@
+"""The results store: one small JSON record per finished run, committed under ``figures/results/``.
+
+A record holds what a figure or a reader needs and nothing heavy (no checkpoints): the full config,
+the data fingerprint, the code version, seed, device, wall time, the validation-selected test
+metrics, the optimistic (best-test-epoch) ones, the late-epoch mean, the per-epoch history and the
+test metrics summed per number of training interactions (any activity grouping of the sparsity
+figure is a sum over those rows). Layout::
+
+    figures/results/<dataset>/<model>-<key>.json
+
+One file per run, written atomically: stores from several machines and days merge by copying files
+(or by git), and a killed write leaves nothing. ``key`` hashes what determines the run (dataset name
+and the config, without the settings that do not change results: device, threads, progress,
+evaluation batch size). Records are read as data (JSON), never as code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from diffmm.config import RunConfig, TrainConfig
+from diffmm.models import MODELS
+
+# settings that change where or how fast a run goes, not what it computes
+RUNTIME_SETTINGS = ("device", "threads", "progress", "eval_batch_size")
+LATE_FROM = 20  # the late-epoch mean averages test metrics over epochs >= this
+HISTORY_METRICS = ("recall@20", "ndcg@20", "precision@20", "hit@20")
+RECORD_VERSION = 1
+
+
+def normalized(config: RunConfig) -> dict:
+    """The config through the current dataclasses (fields added later take their defaults), without
+    :data:`RUNTIME_SETTINGS`: what :func:`run_key` hashes."""
+    config_cls, _ = MODELS[config.model]
+    train = {k: v for k, v in TrainConfig.from_dict(config.train).to_dict().items() if k not in RUNTIME_SETTINGS}
+    return {"model": config.model, "model_config": config_cls.from_dict(config.model_config).to_dict(), "train": train}
+
+
+def run_key(dataset: str, config: RunConfig) -> str:
+    """12 hex digits identifying a run: the dataset's name and its normalised config."""
+    blob = json.dumps({"data": dataset, "config": normalized(config)}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def record_path(root: str | Path, dataset: str, config: RunConfig) -> Path:
+    return Path(root) / dataset / f"{config.model}-{run_key(dataset, config)}.json"
+
+
+def data_fingerprint(dataset) -> str:
+    """sha256 over the three splits' CSR structure and every modality's feature bytes (16 hex digits)."""
+    h = hashlib.sha256()
+    for split in ("train", "valid", "test"):
+        matrix = dataset.split(split)
+        h.update(split.encode())
+        h.update(np.asarray(matrix.shape, np.int64).tobytes())
+        h.update(np.ascontiguousarray(matrix.indptr, np.int64).tobytes())
+        h.update(np.ascontiguousarray(matrix.indices, np.int64).tobytes())
+    for name in sorted(dataset.item_features):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(dataset.item_features[name], np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The package version and, when running from a git checkout, its commit (and whether ``diffmm/`` had
+    changes). Read once per process (the first call, before a sweep trains): the code that runs."""
+    import diffmm
+
+    version = {"version": getattr(diffmm, "__version__", "unknown"), "commit": None, "dirty": None}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            version["commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
+                                     "--", "diffmm"], capture_output=True, text=True, timeout=10)
+            version["dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: None instead (history cells of epochs without evaluation)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def by_activity(per_user: pd.DataFrame, metrics: Iterable[str]) -> dict[str, list]:
+    """Per number of training interactions: test users and the sum of each per-user metric."""
+    groups = per_user.groupby("n_train")
+    table = {"n_train": [int(n) for n in groups.size().index], "users": [int(c) for c in groups.size()]}
+    for m in metrics:
+        table[m] = [float(v) for v in groups[m].sum()]
+    return table
+
+
+def make_record(dataset, config: RunConfig, result, device: str, threads: int) -> dict:
+    """The store's record of a finished run (``result``: a :class:`~diffmm.train.FitResult` whose
+    ``test_result`` is the selected epoch's test evaluation)."""
+    history = result.history
+    keep = [c for c in history.columns if not c.startswith(("valid_", "test_"))
+            or c.split("_", 1)[1] in HISTORY_METRICS]
+    late = history[history["epoch"] >= LATE_FROM] if "epoch" in history else history.iloc[:0]
+    late_mean = {m: float(late[f"test_{m}"].dropna().mean()) for m in HISTORY_METRICS
+                 if f"test_{m}" in late and late[f"test_{m}"].notna().any()}
+    metrics = [c for c in result.test_result.per_user.columns if "@" in c]
+    timed = [c for c in ("before_epoch_s", "rec_s") if c in history]  # training time per epoch, without evaluation
+    epoch_times = history[timed].sum(axis=1) if timed else pd.Series(dtype=float)
+    return {
+        "record_version": RECORD_VERSION,
+        "key": run_key(dataset.name, config),
+        "dataset": dataset.name,
+        "data": {"fingerprint": data_fingerprint(dataset), "users": dataset.n_users, "items": dataset.n_items,
+                 "train": int(dataset.train.nnz), "modalities": sorted(dataset.item_features)},
+        "model": config.model,
+        "seed": TrainConfig.from_dict(config.train).seed,
+        "config": config.to_dict(),
+        "code": code_version(),
+        "device": device, "threads": threads,
+        "python": platform.python_version(), "torch": __import__("torch").__version__,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": result.wall_s,
+        "epoch_s": float(epoch_times.median()) if len(epoch_times) else None,
+        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "valid": result.valid, "test": result.test,
+        "optimistic_test": result.optimistic_test, "optimistic_epoch": result.optimistic_epoch,
+        "late_mean": {"from_epoch": LATE_FROM, **late_mean},
+        "history": {c: [_finite(v) for v in history[c].tolist()] for c in keep},
+        "by_n_train": by_activity(result.test_result.per_user, metrics),
+    }
+
+
+class RecordError(ValueError):
+    """A result file that is not a record of this store; the message names the file and the field."""
+
+
+REQUIRED = {"key": str, "dataset": str, "model": str, "seed": int, "config": dict, "test": dict, "valid": dict,
+            "history": dict, "by_n_train": dict, "late_mean": dict, "optimistic_test": dict}
+
+
+def read_record(path: str | Path) -> dict:
+    """Read and check one record (JSON only; a malformed file raises :class:`RecordError` naming it)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{path}: not a readable JSON results record ({error})") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    for name, kind in REQUIRED.items():
+        if not isinstance(record.get(name), kind):
+            raise RecordError(f"{path}: field '{name}' should be {kind.__name__}, found "
+                              f"{type(record.get(name)).__name__}")
+    return record
+
+
+def write_record(root: str | Path, record: dict) -> Path:
+    from diffmm.utils import atomic_write_text
+
+    path = Path(root) / record["dataset"] / f"{record['model']}-{record['key']}.json"
+    atomic_write_text(path, json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+    return path
+
+
+def load_records(root: str | Path, dataset: str | None = None) -> dict[str, dict]:
+    """Every record under ``root`` (or ``root/<dataset>``), by key; the key is recomputed from the stored
+    config, so a record stays found when the config classes gain fields whose defaults keep old behaviour."""
+    folder = Path(root) / dataset if dataset else Path(root)
+    records = {}
+    for path in sorted(folder.rglob("*.json")) if folder.exists() else []:
+        record = read_record(path)
+        try:
+            key = run_key(record["dataset"], RunConfig.from_dict(record["config"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise RecordError(f"{path}: field 'config' is not a valid run config ({error})") from None
+        records[key] = record
+    return records

@@ -1,0 +1,378 @@
+"""The paper's analyses drawn from the results store: for each one a tidy table, a static paper-style
+figure (matplotlib + seaborn: PNG and PDF) and an interactive one (plotly: HTML).
+
+    runs = run_frame(analysis, records)        # one row per stored run of the analysis
+    table = point_table(analysis, runs)        # one row per point: mean, std, seeds; the paper's value
+    static_figure(analysis, runs, records), interactive_figure(analysis, runs, records)
+    render(analyses, store, out)               # all of it to <out>/<dataset>/<name>.{png,pdf,html,csv}
+
+Every point is the mean over its seeds of the test metric at the validation-selected epoch, drawn with
+its seeds and their sample standard deviation; the paper's numbers are drawn beside ours where it
+prints them. Points without stored runs are kept (``seeds`` 0) and the figure says how many runs exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from diffmm.data.card import activity_groups, group_edges
+from diffmm.experiments.analyses import Analysis
+from diffmm.experiments.store import run_key
+
+METRICS = ("recall@20", "ndcg@20")
+NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "msi_weight": "lambda0 (MSI weight)",
+         "omega": "omega (weight of Norm(H_0))", "fusion_ratio": "fusion ratio rho", "temperature": "tau",
+         "cl_weight": "lambda1"}
+PAPER_EDGES = (0, 5, 10, 20, 50, np.inf)  # the paper's groups ("the first group: users with 0-5 interactions")
+EQUAL_GROUPS = 4
+
+
+# ------------------------------------------------------------------------------------- tables
+def run_frame(analysis: Analysis, records: dict[str, dict]) -> pd.DataFrame:
+    """One row per stored run of the analysis: label, coordinates, seed, and the test metrics
+    (validation-selected, late-epoch mean, optimistic), wall time."""
+    rows = []
+    for point, seed, config in analysis.runs():
+        record = records.get(run_key(analysis.dataset, config))
+        if record is None:
+            continue
+        row = {"label": point.label, "model": point.model, **point.coords, "seed": seed, "key": record["key"],
+               "best_epoch": record["best_epoch"], "epochs": record.get("epochs_run"),
+               "wall_s": record.get("wall_s"), "epoch_s": record.get("epoch_s")}
+        for m in METRICS:
+            row[m] = record["test"].get(m)
+            row[f"late {m}"] = record["late_mean"].get(m)
+            row[f"optimistic {m}"] = record["optimistic_test"].get(m)
+        rows.append(row)
+    columns = ["label", "model", *analysis.x, "seed", "key", "best_epoch", "epochs", "wall_s", "epoch_s",
+               *[f"{p}{m}" for m in METRICS for p in ("", "late ", "optimistic ")]]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def point_table(analysis: Analysis, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per point (declared order, then paper-only rows): seeds, mean and std of each metric,
+    the paper's value."""
+    paper = {p["label"]: p for p in analysis.paper}
+    rows = []
+    for point in analysis.points:
+        mine = runs[runs["label"] == point.label]
+        row = {"label": point.label, "model": point.model, **point.coords, "seeds": len(mine),
+               "seeds planned": len(point.seeds or analysis.seeds)}
+        for m in METRICS:
+            for prefix in ("", "late ", "optimistic "):
+                values = mine[f"{prefix}{m}"].dropna().astype(float)
+                row[f"{prefix}{m} mean"] = values.mean() if len(values) else np.nan
+                row[f"{prefix}{m} std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"paper {m}"] = paper.get(point.label, {}).get(m, np.nan)
+        row["epoch_s"] = mine["epoch_s"].median() if mine["epoch_s"].notna().any() else np.nan
+        rows.append(row)
+    ours = {p.label for p in analysis.points}
+    for label, p in paper.items():  # models the paper compares that this toolkit does not have
+        if label not in ours:
+            rows.append({"label": label, "model": None, "seeds": 0, "seeds planned": 0,
+                         **{k: v for k, v in p.items() if k in analysis.x},
+                         **{f"paper {m}": p.get(m, np.nan) for m in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def group_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict],
+                edges: Sequence[float] | int, metric: str = "recall@20") -> pd.DataFrame:
+    """Per model and training-activity group: test users, and the mean over seeds (with std) of the
+    group's mean ``metric``. ``edges``: group edges on training interactions, or an int q for q
+    equal-size groups of the test users."""
+    by_key = {r["key"]: r for r in records.values()}
+    if runs.empty:
+        return pd.DataFrame(columns=["label", "group", "users", "seeds", f"{metric} mean", f"{metric} std"])
+    first = by_key[runs["key"].iloc[0]]["by_n_train"]
+    activity = np.repeat(np.asarray(first["n_train"], float), first["users"])  # every test user's activity
+    edge_values = group_edges(activity, edges)
+    rows = []
+    for (label, seed, key) in runs[["label", "seed", "key"]].itertuples(index=False):
+        table = by_key[key]["by_n_train"]
+        which, names = activity_groups(np.asarray(table["n_train"], float), edge_values)
+        users = np.bincount(which[which >= 0], np.asarray(table["users"], float)[which >= 0], len(names))
+        sums = np.bincount(which[which >= 0], np.asarray(table[metric], float)[which >= 0], len(names))
+        for g, name in enumerate(names):
+            if users[g] > 0:
+                rows.append({"label": label, "seed": seed, "group": name, "users": int(users[g]),
+                             "value": sums[g] / users[g]})
+    per_run = pd.DataFrame(rows)
+    order = {p.label: i for i, p in enumerate(analysis.points)}
+    out = (per_run.groupby(["label", "group"], sort=False)
+           .agg(users=("users", "first"), seeds=("value", "size"), mean=("value", "mean"),
+                std=("value", lambda v: v.std(ddof=1) if len(v) > 1 else np.nan))
+           .reset_index().rename(columns={"mean": f"{metric} mean", "std": f"{metric} std"}))
+    out["group order"] = out["group"].map({n: i for i, n in enumerate(activity_groups(
+        np.zeros(0), edge_values)[1])})
+    return out.sort_values(["group order", "label"], key=lambda s: s.map(order) if s.name == "label" else s) \
+        .drop(columns="group order").reset_index(drop=True)
+
+
+def csv_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
+    """What the ``.csv`` beside each figure holds."""
+    if analysis.kind != "groups":
+        return point_table(analysis, runs)
+    parts = [group_table(analysis, runs, records, edges).assign(grouping=name)
+             for name, edges in (("paper edges", PAPER_EDGES), ("equal-size groups", EQUAL_GROUPS))]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _caption(analysis: Analysis, runs: pd.DataFrame) -> str:
+    planned = sum(len(p.seeds or analysis.seeds) for p in analysis.points)
+    partial = f" | {len(runs)} of {planned} runs stored" if len(runs) < planned else ""
+    return f"{analysis.dataset}: validation-selected test metrics, mean +- std over seeds{partial}"
+
+
+# -------------------------------------------------------------------------------- static (PNG/PDF)
+def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]):
+    """A paper-style matplotlib figure (seaborn styling): one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+    if analysis.kind == "heatmap":
+        fig, axes = plt.subplots(2, 2, figsize=(9, 7.2), squeeze=False)
+        table = point_table(analysis, runs)
+        ty, tx = analysis.x
+        for row, m in enumerate(METRICS):
+            values = [table[f"{m} mean"].to_numpy(float), table[f"paper {m}"].to_numpy(float)]
+            finite = np.concatenate([v[np.isfinite(v)] for v in values])
+            vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0, 1)
+            for col, (title, value) in enumerate((("this toolkit", f"{m} mean"), ("paper", f"paper {m}"))):
+                grid = table.pivot_table(index=ty, columns=tx, values=value, dropna=False, aggfunc="first")
+                grid = grid.sort_index().sort_index(axis=1, ascending=False)
+                annot = grid.map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+                if col == 0:  # our cells: mean, std and seeds
+                    std = table.pivot_table(index=ty, columns=tx, values=f"{m} std", dropna=False, aggfunc="first")
+                    seeds = table.pivot_table(index=ty, columns=tx, values="seeds", aggfunc="first")
+                    annot = pd.DataFrame([[_cell(grid.loc[i, j], std.reindex_like(grid).loc[i, j],
+                                                 seeds.reindex_like(grid).loc[i, j]) for j in grid.columns]
+                                          for i in grid.index], index=grid.index, columns=grid.columns)
+                sns.heatmap(grid, annot=annot, fmt="", cmap="viridis", vmin=vmin, vmax=vmax, ax=axes[row, col],
+                            cbar=col == 1, annot_kws={"fontsize": 8}, linewidths=0.5)
+                axes[row, col].set_title(f"{NAMES[m]}: {title}")
+                axes[row, col].set_xlabel(NAMES.get(tx, tx))
+                axes[row, col].set_ylabel(NAMES.get(ty, ty))
+        fig.suptitle(f"{analysis.title}\n(one colour scale per metric, shared by both panels)", fontsize=11)
+    elif analysis.kind == "groups":
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+        for ax, (name, edges) in zip(axes[0], (("the paper's groups", PAPER_EDGES),
+                                               (f"{EQUAL_GROUPS} equal-size groups", EQUAL_GROUPS))):
+            table = group_table(analysis, runs, records, edges)
+            if not table.empty:
+                table["group"] = table["group"] + "\n" + table["users"].map("{:,} users".format)
+                sns.barplot(table, x="group", y="recall@20 mean", hue="label", ax=ax, errorbar=None)
+                _error_bars(ax, table, "recall@20")
+            ax.set_title(f"Recall@20 by training interactions: {name}")
+            ax.set_xlabel("training interactions")
+            ax.set_ylabel("Recall@20")
+        _single_legend(fig, axes[0])
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+        table = point_table(analysis, runs)
+        for ax, m in zip(axes[0], METRICS):
+            if analysis.kind == "line":
+                _line_panel(ax, analysis, table, runs, m)
+            else:
+                _bar_panel(ax, table, runs, m)
+            ax.set_ylabel(NAMES[m])
+        _single_legend(fig, axes[0])
+    fig.text(0.01, 0.005, _caption(analysis, runs), fontsize=8, color="0.3")
+    if analysis.kind != "heatmap":
+        fig.suptitle(analysis.title, fontsize=12)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    return fig
+
+
+def _cell(mean, std, seeds) -> str:
+    if pd.isna(mean):
+        return "no runs"
+    spread = f"\n+- {std:.4f}" if pd.notna(std) else ""
+    return f"{mean:.4f}{spread}\n(n={int(seeds)})"
+
+
+def _error_bars(ax, table: pd.DataFrame, metric: str) -> None:
+    """Std error bars on seaborn's bars (seaborn draws the means; the std is over seeds, computed here)."""
+    for patch, (_, row) in zip(_bar_patches(ax), table.sort_values("label", key=lambda s: s.map(
+            {label: i for i, label in enumerate(dict.fromkeys(table["label"]))}), kind="stable").iterrows()):
+        if pd.notna(row[f"{metric} std"]):
+            ax.errorbar(patch.get_x() + patch.get_width() / 2, row[f"{metric} mean"], yerr=row[f"{metric} std"],
+                        color="0.2", capsize=2, lw=1)
+
+
+def _bar_patches(ax):
+    return [p for p in ax.patches if p.get_height() == p.get_height() and p.get_width() > 0]
+
+
+def _bar_panel(ax, table: pd.DataFrame, runs: pd.DataFrame, m: str) -> None:
+    import seaborn as sns
+
+    labels = list(table["label"])
+    x = np.arange(len(labels))
+    ours = table[f"{m} mean"].to_numpy(float)
+    ax.bar(x, np.nan_to_num(ours), yerr=table[f"{m} std"].fillna(0), color=sns.color_palette()[0], alpha=0.8,
+           capsize=3, label="this toolkit (mean +- std)")
+    if not runs.empty:
+        position = {label: i for i, label in enumerate(labels)}
+        ax.scatter(runs["label"].map(position), runs[m], color="0.15", s=12, zorder=3, label="one seed")
+    paper = table[f"paper {m}"].to_numpy(float)
+    ax.scatter(x, paper, marker="D", color=sns.color_palette()[3], s=30, zorder=4, label="paper (test-selected)")
+    for i, (value, seeds) in enumerate(zip(ours, table["seeds"])):
+        if np.isfinite(value):
+            ax.annotate(f"{value:.4f}", (i, value), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)
+        elif table["model"].iloc[i] is not None:
+            ax.annotate("no runs", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+
+
+def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame, m: str) -> None:
+    import seaborn as sns
+
+    (field,) = analysis.x
+    t = table.sort_values(field)
+    xs, mean, std = t[field].to_numpy(float), t[f"{m} mean"].to_numpy(float), t[f"{m} std"].to_numpy(float)
+    color = sns.color_palette()[0]
+    ax.plot(xs, mean, "o-", color=color, label="validation-selected (mean)")
+    ax.fill_between(xs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=color, alpha=0.2,
+                    label="+- std over seeds")
+    late = t[f"late {m} mean"].to_numpy(float)
+    ax.plot(xs, late, "s--", color=sns.color_palette()[2], ms=4, label="mean over epochs >= 20")
+    if not runs.empty:
+        ax.scatter(runs[field], runs[m], color="0.15", s=10, zorder=3, label="one seed")
+    if field == "msi_weight":
+        ax.set_xscale("log")
+    ax.set_xlabel(NAMES.get(field, field))
+
+
+def _single_legend(fig, axes) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=True)
+
+
+# --------------------------------------------------------------------------- interactive (HTML)
+def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]):
+    """The same figure in plotly: hover gives every number, seeds, epochs and wall time."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+    if analysis.kind == "heatmap":
+        table = point_table(analysis, runs)
+        ty, tx = analysis.x
+        fig = make_subplots(2, 2, subplot_titles=[f"{NAMES[m]}: {w}" for m in METRICS
+                                                  for w in ("this toolkit", "paper")],
+                            horizontal_spacing=0.12, vertical_spacing=0.14)
+        for row, m in enumerate(METRICS, 1):
+            both = np.concatenate([table[f"{m} mean"].to_numpy(float), table[f"paper {m}"].to_numpy(float)])
+            both = both[np.isfinite(both)]
+            zmin, zmax = (both.min(), both.max()) if len(both) else (0, 1)
+            for col, value in enumerate((f"{m} mean", f"paper {m}"), 1):
+                grid = table.pivot_table(index=ty, columns=tx, values=value, dropna=False, aggfunc="first")
+                grid = grid.sort_index(ascending=False).sort_index(axis=1, ascending=False)
+                text = grid.map(lambda v: "no runs" if pd.isna(v) else f"{v:.4f}")
+                fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=[f"{c:g}" for c in grid.columns],
+                                         y=[f"{i:g}" for i in grid.index], text=text.to_numpy(),
+                                         texttemplate="%{text}", zmin=zmin, zmax=zmax, colorscale="Viridis",
+                                         showscale=col == 2, colorbar=dict(len=0.4, y=0.79 if row == 1 else 0.21),
+                                         hovertemplate=f"{NAMES[tx]} %{{x}}<br>{NAMES[ty]} %{{y}}<br>"
+                                                       f"{NAMES[m]} %{{z:.4f}}<extra></extra>"), row, col)
+                fig.update_xaxes(title_text=NAMES[tx], type="category", row=row, col=col)
+                fig.update_yaxes(title_text=NAMES[ty], type="category", row=row, col=col)
+        height = 700
+    elif analysis.kind == "groups":
+        fig = make_subplots(1, 2, subplot_titles=("the paper's groups", f"{EQUAL_GROUPS} equal-size groups"))
+        for col, edges in enumerate((PAPER_EDGES, EQUAL_GROUPS), 1):
+            table = group_table(analysis, runs, records, edges)
+            for i, (label, part) in enumerate(table.groupby("label", sort=False)):
+                fig.add_trace(go.Bar(x=part["group"] + " (" + part["users"].map("{:,}".format) + " users)",
+                                     y=part["recall@20 mean"], name=label, legendgroup=label, showlegend=col == 1,
+                                     marker_color=palette[i % len(palette)],
+                                     error_y=dict(type="data", array=part["recall@20 std"].fillna(0)),
+                                     customdata=part[["seeds"]],
+                                     hovertemplate=f"{label}<br>%{{x}}<br>Recall@20 %{{y:.4f}} "
+                                                   "(%{customdata[0]} seeds)<extra></extra>"), 1, col)
+            fig.update_xaxes(title_text="training interactions", row=1, col=col)
+            fig.update_yaxes(title_text="Recall@20", row=1, col=col)
+        fig.update_layout(barmode="group")
+        height = 460
+    else:
+        table = point_table(analysis, runs)
+        fig = make_subplots(1, 2, subplot_titles=[NAMES[m] for m in METRICS])
+        for col, m in enumerate(METRICS, 1):
+            show = col == 1
+            if analysis.kind == "line":
+                (field,) = analysis.x
+                t = table.sort_values(field)
+                fig.add_trace(go.Scatter(x=t[field], y=t[f"{m} mean"], mode="lines+markers", name="mean over seeds",
+                                         legendgroup="mean", showlegend=show, line_color=palette[0],
+                                         error_y=dict(type="data", array=t[f"{m} std"].fillna(0)),
+                                         customdata=t[["seeds"]],
+                                         hovertemplate=f"{field} %{{x}}<br>{NAMES[m]} %{{y:.4f}} "
+                                                       "(%{customdata[0]} seeds)<extra></extra>"), 1, col)
+                fig.add_trace(go.Scatter(x=t[field], y=t[f"late {m} mean"], mode="lines+markers",
+                                         name="mean over epochs >= 20", legendgroup="late", showlegend=show,
+                                         line=dict(color=palette[2], dash="dash")), 1, col)
+                x_runs = runs[field] if not runs.empty else []
+                fig.update_xaxes(title_text=NAMES.get(field, field), type="log" if field == "msi_weight" else "linear",
+                                 row=1, col=col)
+            else:
+                fig.add_trace(go.Bar(x=table["label"], y=table[f"{m} mean"], name="this toolkit (mean +- std)",
+                                     legendgroup="ours", showlegend=show, marker_color=palette[0],
+                                     error_y=dict(type="data", array=table[f"{m} std"].fillna(0)),
+                                     customdata=table[["seeds", "epoch_s"]],
+                                     hovertemplate="%{x}<br>" + NAMES[m] + " %{y:.4f}<br>%{customdata[0]} seeds, "
+                                                   "%{customdata[1]:.1f} s/epoch<extra></extra>"), 1, col)
+                fig.add_trace(go.Scatter(x=table["label"], y=table[f"paper {m}"], mode="markers",
+                                         name="paper (test-selected)", legendgroup="paper", showlegend=show,
+                                         marker=dict(symbol="diamond", size=10, color=palette[3])), 1, col)
+                x_runs = runs["label"] if not runs.empty else []
+            if not runs.empty:
+                fig.add_trace(go.Scatter(x=x_runs, y=runs[m], mode="markers", name="one seed", legendgroup="seed",
+                                         showlegend=show, marker=dict(color="#333", size=5),
+                                         customdata=runs[["seed", "best_epoch"]],
+                                         hovertemplate="seed %{customdata[0]}, best epoch %{customdata[1]}"
+                                                       "<br>%{y:.4f}<extra></extra>"), 1, col)
+            fig.update_yaxes(title_text=NAMES[m], row=1, col=col)
+        height = 460
+    fig.update_layout(title=dict(text=f"{analysis.title}<br><sup>{_caption(analysis, runs)}</sup>"),
+                      height=height, template="plotly_white", margin=dict(t=90, l=60, r=30, b=60))
+    return fig
+
+
+# ----------------------------------------------------------------------------------- rendering
+def render(analyses: Sequence[Analysis], records: dict[str, dict], out: str | Path = "figures",
+           plotlyjs: str = "cdn") -> list[Path]:
+    """Write ``<out>/<dataset>/<name>.{png,pdf,html,csv}`` for each analysis; return the files."""
+    import matplotlib.pyplot as plt
+
+    from diffmm.utils import atomic_path
+
+    written = []
+    for analysis in analyses:
+        base = Path(out) / analysis.dataset / analysis.name
+        base.parent.mkdir(parents=True, exist_ok=True)
+        runs = run_frame(analysis, records)
+        with atomic_path(base.with_suffix(".csv")) as tmp:
+            csv_table(analysis, runs, records).to_csv(tmp, index=False, float_format="%.6g")
+        fig = static_figure(analysis, runs, records)
+        for suffix in (".png", ".pdf"):
+            with atomic_path(base.with_suffix(suffix)) as tmp:
+                fig.savefig(tmp, format=suffix[1:], dpi=150, metadata={"CreationDate": None}
+                            if suffix == ".pdf" else None)
+        plt.close(fig)
+        with atomic_path(base.with_suffix(".html")) as tmp:
+            interactive_figure(analysis, runs, records).write_html(tmp, include_plotlyjs=plotlyjs,
+                                                                    full_html=True)
+        written += [base.with_suffix(s) for s in (".csv", ".png", ".pdf", ".html")]
+    return written
