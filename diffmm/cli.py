@@ -76,18 +76,17 @@ def cmd_train(args, extra) -> int:
 
 
 def cmd_evaluate(args, extra) -> int:
-    import torch
 
     from diffmm.config import RunConfig, TrainConfig
     from diffmm.evaluate import evaluate
     from diffmm.models import build_model
-    from diffmm.train import changed_settings, data_signature
+    from diffmm.train import changed_settings, data_signature, load_checkpoint
 
     run_dir = Path(args.run)
     config = RunConfig.load(run_dir / "config.json")
     dataset = _load_data(args.data)
     model = build_model(config.model, dataset, config.model_config)
-    best = torch.load(run_dir / "best.pt", weights_only=False, map_location="cpu")
+    best = load_checkpoint(run_dir / "best.pt")
     if "signature" in best:  # checkpoints of earlier versions have none: load_state_dict checks shapes
         changed = changed_settings({"data": best["signature"]["data"]}, {"data": data_signature(dataset)})
         if changed:

@@ -212,6 +212,11 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         licence="Generated locally; no terms.",
         description="Planted-group synthetic data from diffmm.data.synthetic.make_synthetic "
                     "(keyword arguments of load() are forwarded)."),
+    DatasetSpec(
+        name="synthetic-small", format="synthetic",
+        reader=lambda folder, **kw: make_synthetic(**{"name": "synthetic-small", "n_users": 500, "n_items": 250, **kw}),
+        licence="Generated locally; no terms.",
+        description="The synthetic data at 500 users x 250 items: seconds per DiffMM epoch, for demos and tests."),
 )}
 
 _LOCAL: dict[str, Path] = {}  # name -> folder registered with register_local

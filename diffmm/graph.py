@@ -41,6 +41,20 @@ def sym_normalize(adjacency: sp.spmatrix) -> sp.csr_matrix:
     return out
 
 
+def csr_to_tensors(matrix: sp.spmatrix) -> dict[str, torch.Tensor]:
+    """A scipy CSR matrix as plain tensors (what a checkpoint loaded with ``weights_only=True`` may hold)."""
+    matrix = sp.csr_matrix(matrix)
+    return {"indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(matrix.indices.astype(np.int64)),
+            "data": torch.from_numpy(matrix.data.copy()), "shape": torch.tensor(matrix.shape)}
+
+
+def csr_from_tensors(state: dict[str, torch.Tensor]) -> sp.csr_matrix:
+    """The inverse of :func:`csr_to_tensors`."""
+    shape = tuple(int(x) for x in state["shape"])
+    return sp.csr_matrix((state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()), shape=shape)
+
+
 def _torch_csr(matrix: sp.csr_matrix, device) -> torch.Tensor:
     matrix = sp.csr_matrix(matrix)
     return torch.sparse_csr_tensor(

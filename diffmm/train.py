@@ -63,6 +63,32 @@ def changed_settings(saved: dict | None, current: dict) -> list[str]:
     return changed
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, truncated, of another run, or holding more than data."""
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint as data: tensors and plain values only (``torch.load(weights_only=True)``), on the CPU.
+
+    Anything else in the file (a pickled object, i.e. code it could run) is refused, as is a truncated
+    or corrupt file; the error names the file.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            detail = ("it holds objects other than tensors and plain values; refused, since loading them "
+                      "could run code (checkpoints of diffmm 0.1.0 and later hold data only)")
+        raise CheckpointError(f"{path}: not a readable diffmm checkpoint ({detail})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a diffmm checkpoint (expected a dict with a 'model' entry)")
+    return state
+
+
 class Callback:
     """Hooks called by the Trainer; override what you need. Return True from
     ``on_epoch_end`` to stop training."""
@@ -231,7 +257,7 @@ class Trainer:
         if not (self.out_dir and (self.out_dir / "best.pt").exists()):
             return None
         current = copy.deepcopy(self.model.state_dict())  # tensors, and any extra state (DiffMM's graphs)
-        best = torch.load(self.out_dir / "best.pt", map_location="cpu", weights_only=False)
+        best = load_checkpoint(self.out_dir / "best.pt")
         self.model.load_state_dict(best["model"])
         result = self.evaluate("test")
         self.model.load_state_dict(current)
@@ -278,10 +304,10 @@ class Trainer:
     def load_state(self, path: str | Path) -> None:
         # on the CPU: the RNG states must stay there; weights and optimiser states are copied to the
         # device of the parameters they are loaded into
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
         changed = changed_settings(state.get("signature"), self.run_signature())
         if changed:  # resuming would report the old run under the new settings
-            raise ValueError(f"{path}: this run directory holds a run with other settings ({'; '.join(changed)}); "
+            raise CheckpointError(f"{path}: this run directory holds a run with other settings ({'; '.join(changed)}); "
                              f"only {', '.join(RESUMABLE_SETTINGS)} may change on resume. Start over with --fresh "
                              "(resume=False) or write to another --out")
         self.model.load_state_dict(state["model"])

@@ -213,7 +213,7 @@ def test_missing_split_file(small, tmp_path):
 def test_corrupt_files(small, tmp_path):
     write_diffmm_dir(small, tmp_path)
     (tmp_path / "tstMat.pkl").write_bytes(b"not a pickle")
-    _error(["tstMat.pkl", "readable pickle"], read_diffmm_dir, tmp_path)
+    _error(["tstMat.pkl", "a pickled scipy.sparse matrix"], read_diffmm_dir, tmp_path)
     write_diffmm_dir(small, tmp_path)
     (tmp_path / "text_feat.npy").write_bytes(b"\x93NUMPY garbage")
     _error(["text_feat.npy", "readable .npy"], read_diffmm_dir, tmp_path)

@@ -111,14 +111,41 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataError(str(path), "file", "a readable .npy array", f"{type(err).__name__}: {err}") from err
 
 
+# What a pickled scipy.sparse matrix needs, and nothing else: its class and numpy's array reconstruction.
+# (module prefix, names); scipy and numpy moved these between private modules over the versions.
+_PICKLE_ALLOWED = (
+    (("scipy.sparse",), {"coo_matrix", "csr_matrix", "csc_matrix", "coo_array", "csr_array", "csc_array"}),
+    (("numpy.core.multiarray", "numpy._core.multiarray"), {"_reconstruct", "scalar"}),
+    (("numpy.core.numeric", "numpy._core.numeric"), {"_frombuffer"}),  # numpy >= 1.25's arrays, protocol 5
+    (("_codecs",), {"encode"}),  # bytes in protocol 2 pickles (as written by Python 2 code)
+    (("numpy",), {"ndarray", "dtype"}),
+)
+
+
+class _SparseUnpickler(pickle.Unpickler):
+    """Unpickles a scipy.sparse matrix and refuses every other class or function, so a crafted file
+    cannot run code (``pickle.load`` would call whatever the file names)."""
+
+    def find_class(self, module: str, name: str):
+        for prefixes, names in _PICKLE_ALLOWED:
+            if name in names and any(module == p or module.startswith(p + ".") for p in prefixes):
+                return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a pickled sparse matrix does not "
+                                     "need; refused (loading a pickle may run code it names)")
+
+
 def _load_pickle(path: Path):
+    """A pickled scipy.sparse matrix, read with :class:`_SparseUnpickler`: data, never code."""
     try:
         with open(path, "rb") as f, warnings.catch_warnings():
             # old pickles name scipy.sparse.coo etc., which scipy deprecates on load
             warnings.simplefilter("ignore", DeprecationWarning)
-            return pickle.load(f)
+            matrix = _SparseUnpickler(f).load()
     except Exception as err:
-        raise DataError(str(path), "file", "a readable pickle", f"{type(err).__name__}: {err}") from err
+        raise DataError(str(path), "file", "a pickled scipy.sparse matrix", f"{type(err).__name__}: {err}") from err
+    if sp.issparse(matrix) and matrix.dtype == object:
+        raise DataError(str(path), "dtype", "a numeric sparse matrix", "object values")
+    return matrix
 
 
 def _read_features(files: Mapping[str, Path], n_items: int | None) -> dict[str, np.ndarray]:

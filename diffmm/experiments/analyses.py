@@ -205,21 +205,22 @@ def select(names: str | None = None, analyses: dict[str, Analysis] | None = None
 
 # The quick variants: every analysis of TikTok (each kind of figure) on the built-in synthetic data, a few
 # epochs, one seed: a demonstration and a test of the whole pipeline, minutes on a laptop, not a finding.
-QUICK_EPOCHS = 3
-PROTOCOLS["synthetic"] = {
+QUICK_EPOCHS = 2
+QUICK_DATA = "synthetic-small"
+PROTOCOLS[QUICK_DATA] = {
     model: Protocol(protocol.preset, {**protocol.values, "epochs": QUICK_EPOCHS, "patience": 0},
                     f"quick variant: {QUICK_EPOCHS} epochs")
     for model, protocol in PROTOCOLS["tiktok"].items()}
 
 
 def quick_analyses() -> dict[str, Analysis]:
-    """The TikTok analyses on synthetic data (``QUICK_EPOCHS`` epochs, seed 1), by id."""
+    """The TikTok analyses on :data:`QUICK_DATA` (``QUICK_EPOCHS`` epochs, seed 1), by id."""
     quick = {}
     for analysis in ANALYSES.values():
         if analysis.dataset != "tiktok":
             continue
         points = tuple(Point(p.label, p.model, p.values, p.coords) for p in analysis.points)
-        quick_one = Analysis(**{**analysis.__dict__, "dataset": "synthetic", "points": points, "seeds": (1,),
+        quick_one = Analysis(**{**analysis.__dict__, "dataset": QUICK_DATA, "points": points, "seeds": (1,),
                                 "paper": (),
                                 "note": f"quick variant: synthetic data, {QUICK_EPOCHS} epochs, one seed"})
         quick[quick_one.id] = quick_one

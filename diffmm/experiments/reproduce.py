@@ -104,7 +104,8 @@ def load_data(name: str, data_root: str | None = None):
     from diffmm import datasets
 
     if (name, data_root) not in _DATA:
-        _DATA[(name, data_root)] = datasets.load(name, root=data_root) if data_root and name != "synthetic" \
+        generated = datasets.DATASETS[name].format == "synthetic" if name in datasets.DATASETS else False
+        _DATA[(name, data_root)] = datasets.load(name, root=data_root) if data_root and not generated \
             else datasets.load(name)
     return _DATA[(name, data_root)]
 
@@ -246,9 +247,15 @@ def main(args, extra=()) -> int:
     if not args.render_only and missing:
         by_id = {a.id: a for a in chosen}
 
-        def redraw(name: str) -> None:  # figures follow the store as runs land
+        last_drawn = time.monotonic()
+
+        def redraw(name: str) -> None:  # figures follow the store as runs land (at most once a minute)
+            nonlocal last_drawn
+            if time.monotonic() - last_drawn < 60:
+                return
             job = next(j for j in missing if j.name == name)
             render([by_id[i] for i in job.analyses], load_records(store), out)
+            last_drawn = time.monotonic()
 
         errors = run_jobs(missing, store, work, args.jobs, args.device, args.threads, args.data_root, args.engine,
                           args.address, args.keep_runs, progress=not args.no_progress, on_done=redraw)

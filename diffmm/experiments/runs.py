@@ -28,7 +28,7 @@ from diffmm.config import DiffMMConfig, RunConfig, TrainConfig, parse_value
 from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
-from diffmm.train import Callback, FitResult, Trainer, data_signature
+from diffmm.train import Callback, FitResult, Trainer, data_signature, load_checkpoint
 from diffmm.utils import atomic_path, atomic_write_text, seed_everything, trim_heap
 
 
@@ -93,7 +93,7 @@ def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = Non
         payload = {"model": config.model, "dataset": dataset.name, **result.to_dict()}
         atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
         if (out / "best.pt").exists():  # score with the best-validation weights
-            model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+            model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
         test = trainer.evaluate("test", return_topk=True)
         with atomic_path(out / "per_user_test.csv") as tmp:
             test.per_user.to_csv(tmp, index=False)

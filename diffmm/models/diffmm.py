@@ -21,7 +21,8 @@ from diffmm.config import DiffMMConfig
 from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.denoiser import frozen_weights
 from diffmm.data.dataset import RecDataset
-from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout, sym_normalize, topk_interactions
+from diffmm.graph import (Adjacency, SparseRows, bipartite, csr_from_tensors, csr_to_tensors, edge_dropout,
+                          sym_normalize, topk_interactions)
 from diffmm.models.base import Recommender, adam, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
 from diffmm.utils import trim_heap
@@ -90,11 +91,19 @@ class DiffMM(Recommender):
         return self.on_device(f"generated/view/{m}", lambda device: Adjacency(self._view_scipy[m], device))
 
     def get_extra_state(self):
-        return {"generated": self.generated, "generated_adj": self._generated_scipy, "view_adj": self._view_scipy}
+        """The generated graphs, as tensors: a checkpoint holds tensors and plain values only."""
+        def pack(graphs):
+            return None if graphs is None else {m: csr_to_tensors(g) for m, g in graphs.items()}
+
+        return {"generated": pack(self.generated), "generated_adj": pack(self._generated_scipy),
+                "view_adj": pack(self._view_scipy)}
 
     def set_extra_state(self, state):
-        self.generated = state["generated"]
-        self._set_graphs(state["generated_adj"], state["view_adj"])
+        def unpack(graphs):
+            return None if graphs is None else {m: csr_from_tensors(g) for m, g in graphs.items()}
+
+        self.generated = unpack(state["generated"])
+        self._set_graphs(unpack(state["generated_adj"]), unpack(state["view_adj"]))
 
     # ---------------------------------------------------------------- encoder
     def modal_features(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,166 @@
+"""The reproduction pipeline: declared analyses -> runs -> results store -> figures, on the quick variants."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diffmm.cli import main as cli
+from diffmm.experiments import analyses as declared
+from diffmm.experiments import reproduce
+from diffmm.experiments.store import RecordError, load_records, read_record, run_key
+from diffmm.train import Callback
+
+VOLATILE = ("finished", "wall_s", "epoch_s", "code", "threads", "python", "torch")
+
+
+def quick(tmp, *extra):
+    return cli(["reproduce", "--quick", "--store", str(tmp / "store"), "--out", str(tmp / "figures"),
+                "--work", str(tmp / "work"), "--no-progress", *extra])
+
+
+def comparable(record: dict) -> dict:
+    """A record without what depends on when, where and how fast it ran, and without the logged losses
+    (multi-threaded float32 sums: equal to rounding, checked separately)."""
+    out = {k: v for k, v in record.items() if k not in VOLATILE}
+    out["history"] = {k: v for k, v in record["history"].items() if not k.endswith("_s") and not is_loss(k)}
+    return out
+
+
+def is_loss(column: str) -> bool:
+    return column.startswith(("train_", "gen_"))
+
+
+def same_losses(a: dict, b: dict) -> bool:
+    columns = [c for c in a["history"] if is_loss(c)]
+    return columns == [c for c in b["history"] if is_loss(c)] and all(
+        np.allclose(a["history"][c], b["history"][c], rtol=1e-5, atol=0) for c in columns)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """Every quick analysis, trained once for this module."""
+    tmp = tmp_path_factory.mktemp("quick")
+    assert quick(tmp) == 0
+    return tmp
+
+
+def test_every_quick_analysis_runs_end_to_end(full, capsys):
+    analyses = declared.quick_analyses()
+    assert {a.name for a in analyses.values()} == {
+        "table2_comparison", "fig2_sparsity", "table3_ablation", "table4_tau_lambda1", "fig3a_lambda0",
+        "fig3b_omega", "fig4_fusion_ratio"}
+    for analysis in analyses.values():
+        for suffix in (".png", ".pdf", ".html", ".csv"):
+            path = full / "figures" / declared.QUICK_DATA / f"{analysis.name}{suffix}"
+            assert path.stat().st_size > 1000 if suffix != ".csv" else path.stat().st_size > 50, path
+        table = pd.read_csv(full / "figures" / declared.QUICK_DATA / f"{analysis.name}.csv", dtype={"label": str})
+        if analysis.kind == "groups":
+            assert set(table["label"]) == {p.label for p in analysis.points}
+            assert (table["users"] > 0).all() and table["recall@20 mean"].between(0, 1).all()
+        else:
+            assert list(table["label"]) == [p.label for p in analysis.points]
+            assert (table["seeds"] == 1).all() and table["recall@20 mean"].between(0, 1).all()
+    # shared points are one run: 4 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points
+    records = load_records(full / "store")
+    assert len(records) == 28
+    capsys.readouterr()
+    assert quick(full, "--status") == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 28, "missing": 0,
+                                                                           "estimated_hours": 0.0}
+
+
+def test_asking_again_trains_nothing(full, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored run was trained again")
+
+    monkeypatch.setattr(reproduce, "execute", no_training)
+    before = {p.name: p.read_bytes() for p in (full / "store").rglob("*.json")}
+    assert quick(full) == 0
+    assert {p.name: p.read_bytes() for p in (full / "store").rglob("*.json")} == before
+
+
+def test_render_only_draws_from_the_store(full, tmp_path):
+    shutil.copytree(full / "store", tmp_path / "store")
+    assert quick(tmp_path, "--render-only", "--only", "table3_ablation") == 0
+    assert (tmp_path / "figures" / declared.QUICK_DATA / "table3_ablation.png").exists()
+    assert not (tmp_path / "work").exists()
+
+
+class Crash(Callback):
+    """Kills the second run of a sweep after its first epoch (as a kill -9 would, after last.pt is written)."""
+
+    def __init__(self):
+        self.fits = 0
+
+    def on_fit_start(self, trainer):
+        self.fits += 1
+
+    def on_epoch_end(self, trainer, record):
+        if self.fits == 2 and record["epoch"] == 1:
+            trainer.save_state(trainer.out_dir / "last.pt")
+            raise KeyboardInterrupt
+
+
+def test_a_killed_sweep_restarted_gives_the_same_store(full, tmp_path):
+    chosen = declared.select("table3_ablation", declared.quick_analyses())
+    _, missing = reproduce.plan(chosen, tmp_path / "store")
+    assert len(missing) == 4
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run_jobs(missing, tmp_path / "store", tmp_path / "work", progress=False, callbacks=[Crash()])
+    assert len(load_records(tmp_path / "store")) == 1  # the first run finished, the second was killed
+    assert list((tmp_path / "work").rglob("last.pt"))  # ... and left its checkpoint to resume from
+    _, missing = reproduce.plan(chosen, tmp_path / "store")
+    assert len(missing) == 3
+    reproduce.run_jobs(missing, tmp_path / "store", tmp_path / "work", progress=False)
+    restarted = load_records(tmp_path / "store")
+    uninterrupted = load_records(full / "store")
+    assert set(restarted) <= set(uninterrupted) and len(restarted) == 4
+    for key, record in restarted.items():
+        assert comparable(record) == comparable(uninterrupted[key]), key
+        assert same_losses(record, uninterrupted[key]), key
+    assert not list((tmp_path / "work").rglob("*.pt"))  # finished runs leave no checkpoints behind
+
+
+def test_two_worker_processes(tmp_path):
+    chosen = declared.select("table2_comparison", declared.quick_analyses())
+    _, missing = reproduce.plan(chosen, tmp_path / "store")
+    baselines = [j for j in missing if j.config.model in ("popularity", "mf")]
+    assert reproduce.run_jobs(baselines, tmp_path / "store", tmp_path / "work", jobs=2, progress=False) == []
+    records = load_records(tmp_path / "store")
+    assert sorted(r["model"] for r in records.values()) == ["mf", "popularity"]
+    assert all(r["threads"] >= 1 and r["device"] == "cpu" for r in records.values())
+
+
+def test_the_key_ignores_runtime_settings_only():
+    (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
+    moved = config.replace(train={**config.train, "threads": 7, "device": "cuda", "progress": True})
+    assert run_key("tiktok", moved) == run_key("tiktok", config)
+    assert run_key("ml100k", config) != run_key("tiktok", config)
+    reseeded = config.replace(train={**config.train, "seed": 1})
+    assert run_key("tiktok", reseeded) != run_key("tiktok", config)
+    # a field added to the config classes later, absent from an old record, takes its default
+    old = config.replace(model_config={k: v for k, v in config.model_config.items() if k != "view_keep_rate"})
+    assert run_key("tiktok", old) == run_key("tiktok", config)
+
+
+def test_shared_points_are_declared_once():
+    table, missing = reproduce.plan(declared.select("tiktok"), store="/nonexistent")
+    per_analysis = table.set_index("analysis")["runs"]
+    assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 18
+    # the defaults' point (3 seeds) is in all five DiffMM analyses but trained once
+    assert len(missing) == len({j.key for j in missing}) == 61
+    assert sum(j.config.model == "diffmm" for j in missing) == 54
+
+
+def test_a_malformed_record_names_the_file(tmp_path):
+    (tmp_path / "tiktok").mkdir()
+    bad = tmp_path / "tiktok" / "diffmm-000000000000.json"
+    bad.write_text("{not json")
+    with pytest.raises(RecordError, match="diffmm-000000000000.json"):
+        load_records(tmp_path)
+    bad.write_text(json.dumps({"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": "421"}))
+    with pytest.raises(RecordError, match="field 'seed' should be int"):
+        read_record(bad)
