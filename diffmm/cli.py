@@ -152,6 +152,7 @@ def cmd_stats(args, extra) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffmm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train and evaluate a model; writes a run directory",
                            epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,17 +184,28 @@ def main(argv: list[str] | None = None) -> int:
     summarize.set_defaults(func=cmd_summarize)
     for name, fn in _extra_commands().items():
         fn(sub)
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, before or after the command
+    args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if extra and args.command not in ("train", "quickstart"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("train", "bench", "quickstart"):
+    if args.command in ("train", "bench", "quickstart", "reproduce"):
         from diffmm.utils import return_large_buffers_to_os
 
         return_large_buffers_to_os()
     try:
         return args.func(args, extra)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last finished epoch", file=sys.stderr)
+        return 130
+    except Exception as error:  # the one error boundary: a line naming the file and the fix, no traceback
+        if args.debug:
+            raise
+        message = str(error) or type(error).__name__
+        if not isinstance(error, (ValueError, OSError, RuntimeError)):
+            message = f"{type(error).__name__}: {message}"
+        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,7 +61,21 @@ class TrainConfig(ConfigBase):
 
     def validate(self):
         _positive(self, "epochs", "batch_size", "lr", "eval_every", "eval_batch_size")
+        if not math.isfinite(self.lr):
+            raise ValueError(f"TrainConfig.lr must be a finite number, got {self.lr}")
         self.ks = tuple(int(k) for k in self.ks)
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"TrainConfig.ks must be cut-offs >= 1, got {self.ks}")
+        if self.threads < 0:
+            raise ValueError(f"TrainConfig.threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got "
+                                 f"'{self.device}'") from None
         metric, _, k = self.metric.partition("@")
         if metric not in ("recall", "ndcg", "precision", "hit") or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(f"TrainConfig.metric must look like 'recall@20' with K in ks={self.ks}, "
@@ -108,10 +123,11 @@ class RunConfig(ConfigBase):
     model_config: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, run_id: str | None = None) -> None:
         from diffmm.utils import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=list))
+        values = {**({"run_id": run_id} if run_id else {}), **self.to_dict()}
+        atomic_write_text(path, json.dumps(values, indent=2, default=list))
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
@@ -126,6 +142,7 @@ class RunConfig(ConfigBase):
                 values = json.loads(text)
             if not isinstance(values, dict):
                 raise ValueError(f"expected an object with 'model', 'model_config', 'train', got {type(values).__name__}")
+            values.pop("run_id", None)  # which run wrote it, not part of the config
             return cls.from_dict(values)
         except Exception as error:  # the JSON / YAML parser's or from_dict's message, with the file named
             raise ValueError(f"{path}: {error}") from None

@@ -281,10 +281,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already computed
+
+
 def _check(file: Path, remote: RemoteFile, hint: str) -> None:
-    found = sha256_file(file)
-    if found != remote.sha256:
-        raise ChecksumError(str(file), remote.sha256, found, hint)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(file)
+    if _VERIFIED[key] != remote.sha256:
+        raise ChecksumError(str(file), remote.sha256, _VERIFIED[key], hint)
 
 
 # -------------------------------------------------------------------------- download
@@ -322,7 +328,7 @@ def _missing_message(spec: DatasetSpec, target: Path, why: str) -> str:
 
 
 def fetch(name: str, root: str | os.PathLike | None = None, download: bool = True,
-          base_url: str | None = None, progress: bool = True, verify: bool = False) -> Path:
+          base_url: str | None = None, progress: bool = True, verify: bool = True) -> Path:
     """Return a folder holding every file of dataset ``name``, downloading what is missing.
 
     Args:
@@ -332,7 +338,8 @@ def fetch(name: str, root: str | os.PathLike | None = None, download: bool = Tru
         base_url: fetch ``<base_url>/<name>/<file>`` instead of the registry URLs
             (default ``$DIFFMM_BASE_URL``, else the registry URLs).
         progress: one progress bar per downloaded file.
-        verify: also re-hash files already on disk (downloads are always verified).
+        verify: check files already on disk against the registry's sha256 too (default; downloads are
+            always checked). A file is hashed once per process while its size and mtime stay the same.
 
     Raises:
         DatasetUnavailableError: files missing and download off or failing; says where to put them.
@@ -378,7 +385,7 @@ def _registered_copy(folder: Path) -> str | None:
 
 
 def load(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, download: bool = True,
-         base_url: str | None = None, progress: bool = True, verify: bool = False,
+         base_url: str | None = None, progress: bool = True, verify: bool = True,
          spec: str | None = None, **kw) -> RecDataset:
     """Load a named dataset (fetching it once if needed), a folder, or synthetic data.
 
@@ -398,6 +405,9 @@ def load(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None,
         if not folder.exists():
             raise ValueError(f"'{name_or_path}' is neither a registered dataset ({sorted(DATASETS)}) "
                              "nor an existing path")
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is a file: a dataset is a directory (DiffMM pkl, MMRec or RecBole files) "
+                             f"or a registered name ({', '.join(sorted(DATASETS))})")
         known = spec or (folder.name if folder.name in DATASETS else None) or _registered_copy(folder)
         if known is None:
             return load_dataset(folder, **kw)

@@ -133,10 +133,13 @@ def topk_frame(result: EvalResult, item_names: Sequence[str] | None = None) -> p
     return frame
 
 
-def export_topk(result: EvalResult, path: str | Path, item_names: Sequence[str] | None = None) -> Path:
-    """Write the top-K lists to CSV (or parquet if the suffix is .parquet), atomically."""
+def export_topk(result: EvalResult, path: str | Path, item_names: Sequence[str] | None = None,
+                run_id: str | None = None) -> Path:
+    """Write the top-K lists to CSV (or parquet if the suffix is .parquet), atomically; ``run_id`` as a column."""
     path = Path(path)
     frame = topk_frame(result, item_names)
+    if run_id is not None:
+        frame["run_id"] = run_id
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             frame.to_parquet(tmp, index=False)

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -61,6 +62,10 @@ def changed_settings(saved: dict | None, current: dict) -> list[str]:
         elif not same(old, value):
             changed.append(f"{section}: {old!r} -> {value!r}")
     return changed
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss term became NaN or infinite; the message names the term, its modality and the epoch."""
 
 
 class CheckpointError(ValueError):
@@ -113,6 +118,7 @@ class FitResult:
     epochs_run: int
     wall_s: float
     test_result: EvalResult | None = field(default=None, repr=False)  # per-user table at best_epoch
+    run_id: str = ""  # the same in every file of a run directory (a resumed run keeps its id)
 
     def summary(self, metric: str = "recall@20", other: str = "ndcg@20") -> str:
         return (f"best epoch {self.best_epoch} (of {self.epochs_run}, selected on valid {metric}) | "
@@ -121,7 +127,8 @@ class FitResult:
                 f"(epoch {self.optimistic_epoch[metric]}) | {self.wall_s:.0f}s")
 
     def to_dict(self) -> dict:
-        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "wall_s": self.wall_s,
+        return {"run_id": self.run_id, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
+                "wall_s": self.wall_s,
                 "valid": self.valid, "test": self.test,
                 "optimistic_test": self.optimistic_test, "optimistic_epoch": self.optimistic_epoch}
 
@@ -146,6 +153,10 @@ class Trainer:
             torch.set_num_threads(self.config.threads)
         seed_everything(self.config.seed)
         self.device = resolve_device(self.config.device)
+        for split in ("valid", "test"):  # checked before any work: selection and the report need both
+            if model.trainable and dataset.split(split).nnz == 0:
+                raise ValueError(f"dataset '{dataset.name}' has no {split} interactions: training selects the "
+                                 f"epoch on validation and reports test metrics, so both splits need some")
         self.model = model.to(self.device)
         self.dataset = dataset
         self.out_dir = Path(out_dir) if out_dir else None
@@ -156,6 +167,7 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch = 0
         self.best: dict = {"epoch": 0, "value": -math.inf, "valid": {}, "test": {}}
+        self.run_id = uuid.uuid4().hex[:12]
         if resume and self.out_dir and (self.out_dir / "last.pt").exists():
             self.load_state(self.out_dir / "last.pt")
 
@@ -191,6 +203,15 @@ class Trainer:
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + value.detach()
         totals = {name: float(value) for name, value in totals.items()}  # one device sync per epoch
+        terms = {**{f"train_{k}": v for k, v in totals.items()}, **{k: v for k, v in record.items() if k.startswith("gen_")}}
+        bad = {name: value for name, value in terms.items() if not math.isfinite(value)}
+        if bad:
+            kept = (f"the last good state is kept in last.pt (epoch {self.epoch - 1})" if self.epoch > 1
+                    else "no epoch had finished, so nothing was saved")
+            raise TrainingDivergedError(
+                f"epoch {self.epoch}: loss term(s) {', '.join(f'{k} = {v}' for k, v in bad.items())} (gen_<modality>_* "
+                f"are the denoisers'); the weights are no longer usable; {kept}. Lower --lr (now {cfg.lr}) "
+                "or the weight of the term")
         record.update({f"train_{name}": value / n_batches for name, value in totals.items()})
         record.update(before_epoch_s=t1 - t0, rec_s=time.perf_counter() - t1)
         trim_heap()  # evaluation does not start on the recommender steps' fragmented heap (TikTok: ~50 MB of peak)
@@ -241,7 +262,7 @@ class Trainer:
             if self.out_dir:
                 self._save(self.out_dir / "best.pt", {"model": self.model.state_dict(), "epoch": record["epoch"],
                                                       "valid": valid.metrics, "test": test.metrics,
-                                                      "signature": self.run_signature()})
+                                                      "signature": self.run_signature(), "run_id": self.run_id})
             return test
         return None
 
@@ -272,7 +293,7 @@ class Trainer:
                 optimistic[column[5:]] = float(history.loc[idx, column])
                 optimistic_epoch[column[5:]] = int(history.loc[idx, "epoch"])
         return FitResult(self.best["epoch"], self.best["valid"], self.best["test"], optimistic, optimistic_epoch,
-                         history, self.epoch, wall_s, test_result)
+                         history, self.epoch, wall_s, test_result, self.run_id)
 
     # ---------------------------------------------------------- checkpoints
     def run_signature(self) -> dict:
@@ -298,7 +319,7 @@ class Trainer:
                     # the training device's generator only: querying every visible GPU would start a
                     # CUDA context on each (host memory) even for a CPU run, and tie resume to the GPU count
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
-            "config": self.config.to_dict(), "signature": self.run_signature(),
+            "config": self.config.to_dict(), "signature": self.run_signature(), "run_id": self.run_id,
         })
 
     def load_state(self, path: str | Path) -> None:
@@ -314,6 +335,7 @@ class Trainer:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+        self.run_id = state.get("run_id", self.run_id)
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])

@@ -48,6 +48,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+class DirectoryBusyError(RuntimeError):
+    """Another live process holds the directory's lock."""
+
+
+@contextlib.contextmanager
+def exclusive_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``<directory>/.lock`` (an OS file lock) while the block runs: one writer per directory.
+
+    The lock dies with its process, so a crashed or killed run never blocks the next one. On entry,
+    temporary files that a killed atomic write left behind (``.<name>.*.tmp``) are removed.
+    Raises :class:`DirectoryBusyError` naming the holder's pid if another process has the lock.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no OS lock; the run goes on unguarded
+            pass
+        except BlockingIOError:
+            holder = lock.read_text().strip() or "unknown"
+            raise DirectoryBusyError(f"{directory} is being written by another process (pid {holder}); wait for it "
+                                     "to finish, or write to another directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        for stale in directory.glob(".*.tmp"):  # no other writer exists: these are a killed write's leftovers
+            stale.unlink(missing_ok=True)
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -59,7 +95,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' was asked for, but this torch ({torch.__version__}) sees no CUDA "
+                             "GPU: use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device '{device}' was asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
 
 
 @functools.lru_cache(maxsize=None)

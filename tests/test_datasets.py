@@ -196,22 +196,22 @@ def touch_all(folder: Path, name: str) -> Path:
 
 def test_search_order_registered_then_env_then_cache(tmp_path, monkeypatch):
     cache = touch_all(tmp_path / "xdg" / "diffmm" / "baby", "baby")
-    assert D.fetch("baby", download=False) == cache
+    assert D.fetch("baby", download=False, verify=False) == cache
     env = touch_all(tmp_path / "env" / "baby", "baby")
     monkeypatch.setenv("DIFFMM_DATA", str(tmp_path / "env"))
-    assert D.fetch("baby", download=False) == env
+    assert D.fetch("baby", download=False, verify=False) == env
     local = touch_all(tmp_path / "mine", "baby")
     D.register_local("baby", local)
-    assert D.fetch("baby", download=False) == local.resolve()
+    assert D.fetch("baby", download=False, verify=False) == local.resolve()
     explicit = touch_all(tmp_path / "root" / "baby", "baby")
-    assert D.fetch("baby", root=tmp_path / "root", download=False) == explicit
+    assert D.fetch("baby", root=tmp_path / "root", download=False, verify=False) == explicit
     D.register_local("baby", None)
-    assert D.fetch("baby", download=False) == env
+    assert D.fetch("baby", download=False, verify=False) == env
     (local / "trnMat.pkl").unlink()  # an incomplete folder is skipped
     D.register_local("baby", local)
-    assert D.fetch("baby", download=False) == env
+    assert D.fetch("baby", download=False, verify=False) == env
     with pytest.raises(ChecksumError, match="trnMat.pkl"):  # empty files fail verification
-        D.fetch("baby", download=False, verify=True)
+        D.fetch("baby", download=False)  # verified by default
 
 
 def test_load_folders_and_synthetic(tmp_path):
@@ -254,8 +254,10 @@ def test_ml100k_items_errors_name_the_file_and_field(tmp_path, edit, message):
             (folder / f.name).symlink_to(f)
     edit(pd.read_csv(real("ml100k") / "items.csv", dtype=str, keep_default_na=False)).to_csv(
         folder / "items.csv", index=False)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(ChecksumError, match="items.csv"):  # a changed copy of a registered dataset: refused
         D.load(folder)
+    with pytest.raises(DataError, match=message):  # read anyway: the reader names what is wrong
+        D.load(folder, verify=False)
 
 
 def test_ml100k_text_rebuild_embeds_the_template_into_the_cache(tmp_path, monkeypatch):

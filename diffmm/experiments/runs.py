@@ -29,7 +29,7 @@ from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
 from diffmm.train import Callback, FitResult, Trainer, data_signature, load_checkpoint
-from diffmm.utils import atomic_path, atomic_write_text, seed_everything, trim_heap
+from diffmm.utils import atomic_path, atomic_write_text, exclusive_directory, seed_everything, trim_heap
 
 
 def build_run_config(model: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
@@ -72,32 +72,47 @@ def build_run_config(model: str, preset: str | None = None, overrides: dict[str,
     return config
 
 
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "per_user_test.csv", "topk_test.csv", "best.pt", "last.pt")
+
+
 def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = None, resume: bool = True,
         callbacks: Sequence[Callback] = ()) -> tuple[FitResult, torch.nn.Module]:
-    """Train and evaluate one model; if ``out_dir`` is given, write the run directory there."""
+    """Train and evaluate one model; if ``out_dir`` is given, write the run directory there.
+
+    The directory has one writer: its lock is held for the whole run (a second process on the same
+    directory is refused; a killed one leaves no lock behind). ``resume=False`` first deletes the
+    previous run's files, so none of them can be read beside the new run's. Every file carries the run's id.
+    """
+    if out_dir is None:
+        return _run(dataset, config, None, resume, callbacks)
+    with exclusive_directory(out_dir) as out:
+        if not resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        return _run(dataset, config, out, resume, callbacks)
+
+
+def _run(dataset, config, out, resume, callbacks):
     train_config = TrainConfig.from_dict(config.train)
     seed_everything(train_config.seed)  # the model's initialisation is part of the seeded run
     model = build_model(config.model, dataset, config.model_config)
-    out = Path(out_dir) if out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, dataset, train_config, out_dir=out, callbacks=callbacks, resume=resume)
     if out:  # after the trainer checked that a checkpoint it resumes is of this same run
-        config.save(out / "config.json")
+        config.save(out / "config.json", run_id=trainer.run_id)
     result = trainer.fit()
     trainer.optimizers = {}  # training is over: free the optimizers' state before the reload and export below
     trim_heap()
     if out:
         with atomic_path(out / "history.csv") as tmp:
-            result.history.to_csv(tmp, index=False)
+            result.history.assign(run_id=result.run_id).to_csv(tmp, index=False)
         payload = {"model": config.model, "dataset": dataset.name, **result.to_dict()}
-        atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2, allow_nan=False))
         if (out / "best.pt").exists():  # score with the best-validation weights
             model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
         test = trainer.evaluate("test", return_topk=True)
         with atomic_path(out / "per_user_test.csv") as tmp:
-            test.per_user.to_csv(tmp, index=False)
-        export_topk(test, out / "topk_test.csv", dataset.item_names)
+            test.per_user.assign(run_id=result.run_id).to_csv(tmp, index=False)
+        export_topk(test, out / "topk_test.csv", dataset.item_names, run_id=result.run_id)
     return result, model
 
 

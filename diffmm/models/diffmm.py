@@ -45,6 +45,9 @@ class DiffMM(Recommender):
         self.config = cfg = config or DiffMMConfig()
         if not dataset.item_features:
             raise ValueError(f"DiffMM needs item features; dataset '{dataset.name}' has no modality")
+        if cfg.rebuild_k > dataset.n_items:
+            raise ValueError(f"DiffMMConfig.rebuild_k = {cfg.rebuild_k} exceeds the {dataset.n_items} items of "
+                             f"'{dataset.name}': set --rebuild_k to at most {dataset.n_items}")
         self.modalities = list(dataset.item_features)
         self._train = dataset.train
         d = cfg.dim
