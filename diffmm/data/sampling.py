@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -27,9 +29,14 @@ class NegativeSampler:
         self._keys = rows * self.n_items + train.indices.astype(np.int64)  # sorted (CSR order)
         self.users, self.items = rows, train.indices.astype(np.int64)  # every training pair
         full = np.diff(train.indptr) >= self.n_items
-        if full.any():
-            raise ValueError(f"user {int(np.argmax(full))} interacted with every item: "
-                             "no negative item exists for BPR")
+        if full.any():  # no negative exists for these users: their pairs take no BPR step
+            keep = ~full[rows]
+            self.users, self.items = rows[keep], self.items[keep]
+            warnings.warn(f"{int(full.sum())} user(s) (e.g. user {int(np.argmax(full))}) interacted with every item: "
+                          "no negative item exists for them, so their pairs are left out of the BPR steps",
+                          stacklevel=2)
+            if not len(self.users):
+                raise ValueError("every user interacted with every item: no negative item exists for BPR")
         self.max_rounds = max_rounds
 
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

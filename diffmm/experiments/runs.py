@@ -123,7 +123,29 @@ def config_key(dataset: RecDataset, config: RunConfig) -> str:
 
 
 def run_dir_results(out_dir: str | Path) -> dict:
-    return json.loads((Path(out_dir) / "metrics.json").read_text())
+    """A finished run directory's metrics.json, checked to belong to the same run as its config.json."""
+    out = Path(out_dir)
+    found = _read_json(out / "metrics.json")
+    config = _read_json(out / "config.json") if (out / "config.json").exists() else {}
+    for name in ("best_epoch", "test", "optimistic_test"):
+        if name not in found:
+            raise ValueError(f"{out / 'metrics.json'}: field '{name}' is missing (is it a diffmm run's metrics.json?)")
+    if found.get("run_id") and config.get("run_id") and found["run_id"] != config["run_id"]:
+        raise ValueError(f"{out}: metrics.json (run {found['run_id']}) and config.json (run {config['run_id']}) "
+                         "come from different runs; re-run it with --fresh")
+    return found
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no finished run there (the run writes it at the end)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("recall@20", "ndcg@20"),
@@ -138,10 +160,8 @@ def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("re
     """
     rows = []
     for out in map(Path, run_dirs):
-        if not (out / "metrics.json").exists():
-            raise FileNotFoundError(f"{out / 'metrics.json'}: no finished run there (the run writes it at the end)")
         found = run_dir_results(out)
-        seed = json.loads((out / "config.json").read_text())["train"].get("seed") if (out / "config.json").exists() else None
+        seed = _read_json(out / "config.json").get("train", {}).get("seed") if (out / "config.json").exists() else None
         row = {"run": out.name, "seed": seed, "best_epoch": found["best_epoch"], "epochs": found["epochs_run"],
                "wall_s": found["wall_s"]}
         row.update({f"test {m}": found["test"][m] for m in metrics})
