@@ -44,16 +44,18 @@ def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
     return 2 * n**3 / statistics.median(times)
 
 
-def matmul_rates_in_child(device: str, threads: int) -> dict[str, float]:
-    """fp32 and bf16 :func:`matmul_rate` measured in a child process on the same machine.
+def matmul_rates_in_child(device: str, threads: int, precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, float]:
+    """:func:`matmul_rate` for each precision ('fp32', 'bf16'), measured in a child process on the same machine
+    (CPUs without bf16 instructions emulate it: minutes for the probe, so measure it only when it is used).
 
     The probe's 2048 x 2048 products leave BLAS / oneDNN buffers behind (~60-80 MB on CPU); run here,
     they would count toward the peak RSS that the bench reports for training.
     """
     code = ("import json, sys, torch; from diffmm.bench import matmul_rate; torch.set_num_threads(int(sys.argv[2])); "
             "print(json.dumps({k: matmul_rate(getattr(torch, d), device=sys.argv[1]) "
-            "for k, d in (('fp32', 'float32'), ('bf16', 'bfloat16'))}))")
-    out = subprocess.run([sys.executable, "-c", code, device, str(threads)], capture_output=True, text=True, check=True)
+            "for k, d in (('fp32', 'float32'), ('bf16', 'bfloat16')) if k in sys.argv[3].split(',')}))")
+    out = subprocess.run([sys.executable, "-c", code, device, str(threads), ",".join(precisions)],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -160,7 +162,7 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     device = str(resolve_device(train.device))
 
     def rates_now() -> dict[str, float]:
-        return matmul_rates_in_child(device, torch.get_num_threads())
+        return matmul_rates_in_child(device, torch.get_num_threads(), tuple(dict.fromkeys(("fp32", precision))))
 
     before = rates_now()
     flops = epoch_flops(dataset, cfg, train)
@@ -181,7 +183,8 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     rates = {k: (before[k] + after[k]) / 2 for k in before}
     rate = rates[precision]
     out.update(epoch_s=epoch_s, floor_s=flops.total / rate, tflop_per_epoch=flops.total / 1e12,
-               gflops_fp32=rates["fp32"] / 1e9, gflops_bf16=rates["bf16"] / 1e9, precision=precision,
+               gflops_fp32=rates["fp32"] / 1e9, gflops_bf16=rates["bf16"] / 1e9 if "bf16" in rates else None,
+               precision=precision,
                gflops_before_after={k: [before[k] / 1e9, after[k] / 1e9] for k in before},
                peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), device=device,
                valid_recall20=float(h["valid_recall@20"].iloc[-1]), epochs=epochs,
@@ -196,9 +199,8 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
 def format_table(r: dict) -> str:
     f = r["flops"]
     ba = r["gflops_before_after"]
-    lines = [f"matmul rate: fp32 {r['gflops_fp32']:.0f} GFLOP/s, bf16 {r['gflops_bf16']:.0f} GFLOP/s "
-             f"({r['threads']} threads, {r['device']}; mean of before/after: fp32 {ba['fp32'][0]:.0f}/{ba['fp32'][1]:.0f}, "
-             f"bf16 {ba['bf16'][0]:.0f}/{ba['bf16'][1]:.0f})",
+    probes = ", ".join(f"{k} {v[0]:.0f}/{v[1]:.0f}" for k, v in ba.items())
+    lines = [f"matmul rate ({r['threads']} threads, {r['device']}; GFLOP/s before/after the epoch): {probes}",
              f"{'phase':<20}{'time s':>10}{'TFLOP':>10}",
              f"{'generator training':<20}{r['generator_train_s']:>10.2f}{f['generator_train']:>10.3f}",
              f"{'graph generation':<20}{r['graph_generation_s']:>10.2f}{f['graph_generation']:>10.3f}",

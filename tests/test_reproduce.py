@@ -164,3 +164,17 @@ def test_a_malformed_record_names_the_file(tmp_path):
     bad.write_text(json.dumps({"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": "421"}))
     with pytest.raises(RecordError, match="field 'seed' should be int"):
         read_record(bad)
+
+
+def test_the_ray_executor_runs_two_quick_runs_on_a_local_ray(tmp_path):
+    pytest.importorskip("ray")
+    chosen = declared.select("table2_comparison", declared.quick_analyses())
+    _, missing = reproduce.plan(chosen, tmp_path / "store")
+    two = [j for j in missing if j.config.model in ("popularity", "mf")]
+    errors = reproduce.run_jobs(two, tmp_path / "store", tmp_path / "work", jobs=2, threads=1, engine="ray",
+                                progress=False)
+    assert errors == []
+    records = load_records(tmp_path / "store")
+    assert sorted(r["model"] for r in records.values()) == ["mf", "popularity"]
+    _, left = reproduce.plan(chosen, tmp_path / "store")
+    assert {j.key for j in left} == {j.key for j in missing} - {j.key for j in two}

@@ -110,10 +110,11 @@ def load_data(name: str, data_root: str | None = None):
     return _DATA[(name, data_root)]
 
 
-def execute(job: Job, store: str | Path = STORE, work: str | Path = WORK, device: str = "cpu",
+def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK, device: str = "cpu",
             threads: int = 0, data_root: str | None = None, keep: bool = False,
             callbacks: Sequence = ()) -> dict:
-    """Train one run in its work directory (resuming it), write its record to the store, return the record."""
+    """Train one run in its work directory (resuming it) and return its record, also written to ``store``
+    unless that is None (a remote worker hands the record back to the process that owns the store)."""
     from diffmm.experiments.runs import run
 
     dataset = load_data(job.dataset, data_root)
@@ -124,20 +125,22 @@ def execute(job: Job, store: str | Path = STORE, work: str | Path = WORK, device
     import torch
 
     record = make_record(dataset, config, result, device=str(device), threads=threads or torch.get_num_threads())
-    write_record(store, record)
+    if store is not None:
+        write_record(store, record)
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     return record
 
 
-def _worker(args: tuple) -> tuple[str, float, str | None]:
+def _worker(args: tuple) -> tuple[str, float, str | None, dict | None]:
+    """One run in a worker process: (run name, seconds, error or None, record or None)."""
     job, store, work, device, threads, data_root, keep = args
     start = time.perf_counter()
     try:
-        execute(job, store, work, device, threads, data_root, keep)
-        return job.name, time.perf_counter() - start, None
+        record = execute(job, None, work, device, threads, data_root, keep)
+        return job.name, time.perf_counter() - start, None, record
     except Exception as error:  # reported by the parent; the other runs go on
-        return job.name, time.perf_counter() - start, f"{type(error).__name__}: {error}"
+        return job.name, time.perf_counter() - start, f"{type(error).__name__}: {error}", None
 
 
 # ------------------------------------------------------------------------------------ executors
@@ -160,9 +163,11 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     estimates = {j.name: j.estimate_s for j in missing}
     finished = 0
 
-    def done(name: str, seconds: float, error: str | None) -> None:
+    def done(name: str, seconds: float, error: str | None, record: dict | None = None) -> None:
         nonlocal finished
         finished += 1
+        if record is not None:  # from a worker: this process owns the store
+            write_record(store, record)
         bar.set_description(f"{finished}/{len(missing)} runs")
         bar.update(round(estimates[name]))
         if error:
@@ -177,8 +182,8 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     if engine == "ray":
         from diffmm.experiments.ray_engine import run_on_ray
 
-        for name, seconds, error in run_on_ray(args, _worker, address=address, jobs=jobs, device=device):
-            done(name, seconds, error)
+        for outcome in run_on_ray(args, _worker, address=address, jobs=jobs, device=device, threads=threads):
+            done(*outcome)
     elif engine != "local":
         raise ValueError(f"--engine must be 'local' or 'ray', got '{engine}'")
     elif jobs == 1:  # in this process (callbacks reach the Trainer); a failed run is reported, the rest go on
@@ -194,8 +199,8 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
-            for name, seconds, error in pool.imap_unordered(_worker, args):
-                done(name, seconds, error)
+            for outcome in pool.imap_unordered(_worker, args):
+                done(*outcome)
     bar.close()
     return errors
 
@@ -261,7 +266,14 @@ def main(args, extra=()) -> int:
                           args.address, args.keep_runs, progress=not args.no_progress, on_done=redraw)
         if errors:
             print("\n".join(f"error: {e}" for e in errors))
-    written = render(chosen, load_records(store), out)
+    records = load_records(store)
+    written = render(chosen, records, out)
+    if not args.only:  # the gallery lists every analysis
+        from diffmm.utils import atomic_write_text
+        from diffmm.viz.gallery import gallery_markdown
+
+        atomic_write_text(out / "README.md", gallery_markdown(chosen, records))
+        written.append(out / "README.md")
     print(f"{len(written)} files under {out}/ from {store}/")
     print(summary_line(chosen, store, args.jobs))
     return 1 if errors else 0

@@ -89,7 +89,8 @@ def group_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]
         return pd.DataFrame(columns=["label", "group", "users", "seeds", f"{metric} mean", f"{metric} std"])
     first = by_key[runs["key"].iloc[0]]["by_n_train"]
     activity = np.repeat(np.asarray(first["n_train"], float), first["users"])  # every test user's activity
-    edge_values = group_edges(activity, edges)
+    edge_values = _merge_small(group_edges(activity, edges), activity) if isinstance(edges, int) \
+        else group_edges(activity, edges)
     rows = []
     for (label, seed, key) in runs[["label", "seed", "key"]].itertuples(index=False):
         table = by_key[key]["by_n_train"]
@@ -110,6 +111,20 @@ def group_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]
         np.zeros(0), edge_values)[1])})
     return out.sort_values(["group order", "label"], key=lambda s: s.map(order) if s.name == "label" else s) \
         .drop(columns="group order").reset_index(drop=True)
+
+
+def _merge_small(edges: np.ndarray, activity: np.ndarray, share: float = 0.05) -> np.ndarray:
+    """Quantile edges without groups of under ``share`` of the users (e.g. TikTok's 5 test users without a
+    training interaction would be a group of their own): each is merged into its neighbour."""
+    edges = list(edges)
+    while len(edges) > 2:
+        counts = np.histogram(activity, bins=edges)[0]
+        small = np.flatnonzero(counts < share * len(activity))
+        if not len(small):
+            break
+        g = int(small[0])
+        del edges[g + 1 if g + 1 < len(edges) - 1 else g]  # the edge shared with the next group (or the previous)
+    return np.asarray(edges, dtype=np.float64)
 
 
 def csv_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
@@ -170,6 +185,9 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
                 table["group"] = table["group"] + "\n" + table["users"].map("{:,} users".format)
                 sns.barplot(table, x="group", y="recall@20 mean", hue="label", ax=ax, errorbar=None)
                 _error_bars(ax, table, "recall@20")
+                for container in ax.containers:
+                    if hasattr(container, "patches"):
+                        ax.bar_label(container, fmt="%.3f", fontsize=6, padding=2)
             ax.set_title(f"Recall@20 by training interactions: {name}")
             ax.set_xlabel("training interactions")
             ax.set_ylabel("Recall@20")
@@ -187,7 +205,9 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
     fig.text(0.01, 0.005, _caption(analysis, runs), fontsize=8, color="0.3")
     if analysis.kind != "heatmap":
         fig.suptitle(analysis.title, fontsize=12)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+        fig.tight_layout(rect=(0, 0.03, 1, 0.88))
+    else:
+        fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     return fig
 
 
@@ -227,8 +247,9 @@ def _bar_panel(ax, table: pd.DataFrame, runs: pd.DataFrame, m: str) -> None:
     for i, (value, seeds) in enumerate(zip(ours, table["seeds"])):
         if np.isfinite(value):
             ax.annotate(f"{value:.4f}", (i, value), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)
-        elif table["model"].iloc[i] is not None:
-            ax.annotate("no runs", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+        else:
+            text = "no runs yet" if pd.notna(table["model"].iloc[i]) else "paper only"
+            ax.annotate(text, (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
     ax.set_xticks(x, labels, rotation=20, ha="right")
 
 
@@ -248,6 +269,15 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
         ax.scatter(runs[field], runs[m], color="0.15", s=10, zorder=3, label="one seed")
     if field == "msi_weight":
         ax.set_xscale("log")
+        ax.set_xlim(xs.min() / 1.5, xs.max() * 1.5)
+    else:
+        pad = 0.05 * (xs.max() - xs.min() or 1)
+        ax.set_xlim(xs.min() - pad, xs.max() + pad)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.minorticks_off()
+    if not np.isfinite(mean).any():
+        ax.text(0.5, 0.5, "no runs stored yet", transform=ax.transAxes, ha="center", color="0.4")
+        ax.set_ylim(0, 1)
     ax.set_xlabel(NAMES.get(field, field))
 
 
@@ -256,8 +286,9 @@ def _single_legend(fig, axes) -> None:
     for ax in axes:
         if ax.get_legend():
             ax.get_legend().remove()
-    if handles:
-        fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=True)
+    if handles:  # one row under the title
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.93), ncol=min(len(labels), 6),
+                   fontsize=8, frameon=False)
 
 
 # --------------------------------------------------------------------------- interactive (HTML)
