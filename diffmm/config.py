@@ -237,11 +237,11 @@ class DiffMMConfig(ConfigBase):
         "sports": dict(l2=1e-6, cl_weight=1e-2, temperature=0.1, omega=0.1, msi_weight=0.5, keep_rate=1.0,
                        projection="linear"),
     }
-    # Training settings that go with each preset (authors: batch 1024, lr 1e-3; TikTok 50 epochs).
+    # Training settings that go with each preset (the authors: batch 1024, lr 1e-3, a fixed 50 epochs).
     TRAIN_PRESETS: ClassVar[dict[str, dict]] = {
         "tiktok": dict(batch_size=1024, lr=1e-3, epochs=50),
-        "baby": dict(batch_size=1024, lr=1e-3),
-        "sports": dict(batch_size=1024, lr=1e-3),
+        "baby": dict(batch_size=1024, lr=1e-3, epochs=50),
+        "sports": dict(batch_size=1024, lr=1e-3, epochs=50),
     }
 
     @classmethod
