@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from diffmm.data.card import activity_groups, group_edges
-from diffmm.experiments.analyses import Analysis
+from diffmm.experiments.analyses import QUICK_DATA, Analysis
 from diffmm.experiments.store import run_key
 
 METRICS = ("recall@20", "ndcg@20")
@@ -139,7 +139,8 @@ def csv_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]) 
 def _caption(analysis: Analysis, runs: pd.DataFrame) -> str:
     planned = sum(len(p.seeds or analysis.seeds) for p in analysis.points)
     partial = f" | {len(runs)} of {planned} runs stored" if len(runs) < planned else ""
-    return f"{analysis.dataset}: validation-selected test metrics, mean +- std over seeds{partial}"
+    toy = "TOY SETTINGS, not a finding: " if analysis.dataset == QUICK_DATA else ""
+    return f"{toy}{analysis.dataset}: validation-selected test metrics, mean +- std over seeds{partial}"
 
 
 # -------------------------------------------------------------------------------- static (PNG/PDF)
