@@ -125,8 +125,8 @@ def config_key(dataset: RecDataset, config: RunConfig) -> str:
 def run_dir_results(out_dir: str | Path) -> dict:
     """A finished run directory's metrics.json, checked to belong to the same run as its config.json."""
     out = Path(out_dir)
-    found = _read_json(out / "metrics.json")
-    config = _read_json(out / "config.json") if (out / "config.json").exists() else {}
+    found = read_json(out / "metrics.json")
+    config = read_json(out / "config.json") if (out / "config.json").exists() else {}
     for name in ("best_epoch", "test", "optimistic_test"):
         if name not in found:
             raise ValueError(f"{out / 'metrics.json'}: field '{name}' is missing (is it a diffmm run's metrics.json?)")
@@ -136,7 +136,8 @@ def run_dir_results(out_dir: str | Path) -> dict:
     return found
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from a result file; a missing or malformed file raises an error naming it."""
     try:
         value = json.loads(path.read_text())
     except FileNotFoundError:
@@ -161,7 +162,7 @@ def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("re
     rows = []
     for out in map(Path, run_dirs):
         found = run_dir_results(out)
-        seed = _read_json(out / "config.json").get("train", {}).get("seed") if (out / "config.json").exists() else None
+        seed = read_json(out / "config.json").get("train", {}).get("seed") if (out / "config.json").exists() else None
         row = {"run": out.name, "seed": seed, "best_epoch": found["best_epoch"], "epochs": found["epochs_run"],
                "wall_s": found["wall_s"]}
         row.update({f"test {m}": found["test"][m] for m in metrics})

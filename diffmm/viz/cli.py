@@ -12,17 +12,18 @@ configuration field (the paper's fusion-ratio and hyperparameter figures from fi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from diffmm.experiments.runs import read_json, run_dir_results
 
 
 def _run_name(run_dir: Path) -> str:
     """'<model>' from metrics.json, else the directory name."""
     metrics = run_dir / "metrics.json"
     if metrics.exists():
-        return str(json.loads(metrics.read_text()).get("model", run_dir.name))
+        return str(read_json(metrics).get("model", run_dir.name))
     return run_dir.name
 
 
@@ -58,7 +59,7 @@ def config_field(run_dir: Path, field: str):
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; is {run_dir} a run directory (python -m diffmm train --out ...)?")
-    config = json.loads(path.read_text())
+    config = read_json(path)
     for section in ("model_config", "train"):
         if field in config.get(section, {}):
             value = config[section][field]
@@ -74,7 +75,7 @@ def runs_by_field(run_dirs: list[str | Path], field: str, metrics=("recall@20", 
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "metrics.json").exists():
             raise FileNotFoundError(f"{run_dir / 'metrics.json'} is missing; is {run_dir} a finished run directory?")
-        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+        test = run_dir_results(run_dir)["test"]
         rows.append({field: config_field(run_dir, field), **{m: test[m] for m in metrics}})
     table = pd.DataFrame(rows).groupby(field, sort=True, dropna=False)  # unset optional fields group as 'none'
     out = table.mean()
