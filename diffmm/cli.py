@@ -112,7 +112,7 @@ def cmd_quickstart(args, extra) -> int:
         result, _ = run(dataset, config, Path(args.out) / model, resume=False)
         rows.append({"model": model, "best_epoch": result.best_epoch, "wall_s": round(result.wall_s, 1),
                      **{f"test {m}": result.test[m] for m in ("recall@20", "ndcg@20", "precision@20")}})
-        per_user[model] = pd.read_csv(Path(args.out) / model / "per_user_test.csv")
+        per_user[model] = result.test_result.per_user
         histories[model] = result.history
         print(f"  {model:<10} {result.summary()}")
     table = pd.DataFrame(rows).set_index("model")

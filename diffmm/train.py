@@ -252,7 +252,7 @@ class Trainer:
     def _validate(self, record: dict) -> EvalResult | None:
         t0 = time.perf_counter()
         valid = self.evaluate("valid")
-        test = self.evaluate("test")
+        test = self.evaluate("test", return_topk=True)  # kept whole if this epoch is the best: no re-evaluation
         record["eval_s"] = time.perf_counter() - t0
         record.update({f"valid_{k}": v for k, v in valid.metrics.items()})
         record.update({f"test_{k}": v for k, v in test.metrics.items()})
@@ -278,9 +278,8 @@ class Trainer:
         if not (self.out_dir and (self.out_dir / "best.pt").exists()):
             return None
         current = copy.deepcopy(self.model.state_dict())  # tensors, and any extra state (DiffMM's graphs)
-        best = load_checkpoint(self.out_dir / "best.pt")
-        self.model.load_state_dict(best["model"])
-        result = self.evaluate("test")
+        self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt")["model"])
+        result = self.evaluate("test", return_topk=True)
         self.model.load_state_dict(current)
         return result
 

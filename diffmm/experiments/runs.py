@@ -107,12 +107,13 @@ def _run(dataset, config, out, resume, callbacks):
             result.history.assign(run_id=result.run_id).to_csv(tmp, index=False)
         payload = {"model": config.model, "dataset": dataset.name, **result.to_dict()}
         atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2, allow_nan=False))
-        if (out / "best.pt").exists():  # score with the best-validation weights
+        test = result.test_result  # the selected epoch's test evaluation, per user and top-K
+        if test is not None:
+            with atomic_path(out / "per_user_test.csv") as tmp:
+                test.per_user.assign(run_id=result.run_id).to_csv(tmp, index=False)
+            export_topk(test, out / "topk_test.csv", dataset.item_names, run_id=result.run_id)
+        if (out / "best.pt").exists():  # the returned model holds the best-validation weights
             model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-        test = trainer.evaluate("test", return_topk=True)
-        with atomic_path(out / "per_user_test.csv") as tmp:
-            test.per_user.assign(run_id=result.run_id).to_csv(tmp, index=False)
-        export_topk(test, out / "topk_test.csv", dataset.item_names, run_id=result.run_id)
     return result, model
 
 
