@@ -14,18 +14,15 @@ import subprocess
 import sys
 
 CHILD = r"""
-import os
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as python -m diffmm does, before torch loads
+from diffmm import memory
+memory.configure()  # as python -m diffmm does, before torch loads
 import json, resource, sys, time, torch
-from diffmm.utils import return_large_buffers_to_os
-return_large_buffers_to_os()  # as the CLI does
 from diffmm.data.synthetic import make_synthetic
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.models import DiffMM
 from diffmm.train import Trainer
 users, items, activity, threads, dims, precision = json.loads(sys.argv[1])
-if threads:
-    torch.set_num_threads(threads)
+memory.set_threads(threads)
 data = make_synthetic(n_users=users, n_items=items, mean_activity=activity, seed=0,
                       modalities={"image": (dims[0], 1.0), "text": (dims[1], 0.5)})
 model = DiffMM(data, DiffMMConfig.preset("sports", precision=precision))

@@ -190,10 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = debug
     if extra and args.command not in ("train", "quickstart"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("train", "bench", "quickstart", "reproduce"):
-        from diffmm.utils import return_large_buffers_to_os
-
-        return_large_buffers_to_os()
     try:
         return args.func(args, extra)
     except KeyboardInterrupt:

@@ -27,12 +27,8 @@ from diffmm.data.dataset import RecDataset
 from diffmm.data.sampling import NegativeSampler
 from diffmm.evaluate import EvalResult, evaluate
 from diffmm.models.base import Recommender
-from diffmm.utils import atomic_path, resolve_device, seed_everything, trim_heap
-
-
-# A heap trim every this many BPR steps: an 8-epoch TikTok run's peak RSS 905 -> 888 MiB (the BPR
-# phase held it: 899 -> 875), for ~2% of the phase's time (16 paired rounds); every step costs +40%.
-TRIM_EVERY_STEPS = 8
+from diffmm import memory
+from diffmm.utils import atomic_path, resolve_device, seed_everything
 
 # settings a resumed run may change: they do not alter what was computed up to the checkpoint
 RESUMABLE_SETTINGS = ("epochs", "patience", "progress", "threads", "device", "eval_batch_size")
@@ -149,8 +145,7 @@ class Trainer:
     def __init__(self, model: Recommender, dataset: RecDataset, config: TrainConfig | None = None,
                  out_dir: str | Path | None = None, callbacks: Sequence[Callback] = (), resume: bool = False):
         self.config = config or TrainConfig()
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
+        memory.set_threads(self.config.threads)
         seed_everything(self.config.seed)
         self.device = resolve_device(self.config.device)
         for split in ("valid", "test"):  # checked before any work: selection and the report need both
@@ -182,9 +177,9 @@ class Trainer:
         model, cfg = self.model, self.config
         model.train()
         t0 = time.perf_counter()
-        trim_heap()  # each phase starts without the previous phase's freed blocks
+        memory.phase_end()
         record = dict(model.before_epoch(self.epoch, self.optimizers, progress=cfg.progress))
-        trim_heap()
+        memory.phase_end()
         t1 = time.perf_counter()
         totals: dict[str, float] = {}
         n_batches = self.sampler.n_batches(cfg.batch_size)
@@ -194,14 +189,13 @@ class Trainer:
                      desc=f"epoch {self.epoch}", leave=False)
         optimizer = self.optimizers["rec"]
         for step, (users, positives, negatives) in enumerate(steps, 1):
-            if step % TRIM_EVERY_STEPS == 0:  # the steps fragment the heap: RSS creeps ~2.5 MiB per step on TikTok
-                trim_heap()
             losses = model.loss(users, positives, negatives)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + value.detach()
+            memory.step_end(step)
         totals = {name: float(value) for name, value in totals.items()}  # one device sync per epoch
         terms = {**{f"train_{k}": v for k, v in totals.items()}, **{k: v for k, v in record.items() if k.startswith("gen_")}}
         bad = {name: value for name, value in terms.items() if not math.isfinite(value)}
@@ -214,8 +208,13 @@ class Trainer:
                 "or the weight of the term")
         record.update({f"train_{name}": value / n_batches for name, value in totals.items()})
         record.update(before_epoch_s=t1 - t0, rec_s=time.perf_counter() - t1)
-        trim_heap()  # evaluation does not start on the recommender steps' fragmented heap (TikTok: ~50 MB of peak)
+        memory.phase_end()
         return record
+
+    def close(self) -> None:
+        """Training is over: free the optimisers' state (DiffMM's denoisers: ~200 MB on TikTok)."""
+        self.optimizers = {}
+        memory.phase_end()
 
     def fit(self) -> FitResult:
         """Train until ``epochs`` or early stopping; return validation-selected results."""

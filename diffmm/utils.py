@@ -1,12 +1,10 @@
-"""Small shared helpers: atomic file writes, seeding, device selection, the heap policy."""
+"""Small shared helpers: atomic file writes, one writer per directory, seeding, device selection."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import ctypes
 import os
-import sys
 import random
 import tempfile
 from pathlib import Path
@@ -103,50 +101,3 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device '{device}' was asked for, but only {torch.cuda.device_count()} GPU(s) exist")
     return device
-
-
-@functools.lru_cache(maxsize=None)
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def trim_heap() -> None:
-    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Called between an epoch's phases: each phase leaves freed blocks of its own sizes on the heap,
-    and without a trim the next phase's peak sits on top of them (TikTok: ~100 MB of peak RSS).
-    """
-    libc = _glibc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-# Below the denoisers' (rows x items) blocks of up to 16 MiB (models.diffmm.GENERATOR_CHUNK_BYTES), so
-# those leave the process when freed; at 16 MiB a full chunk's blocks fell just under it and stayed on
-# the heap (synthetic 5,000 / 10,000 items: peak RSS 990 / 1,433 -> 834 / 1,266 MB; TikTok unchanged).
-# Above TikTok's (nodes x 128) float32 embeddings (8.2 MB): those are reused every step.
-MMAP_THRESHOLD_BYTES = 12 << 20
-
-
-def return_large_buffers_to_os(threshold_bytes: int | None = None) -> bool:
-    """Serve heap allocations >= ``threshold_bytes`` with mmap, so freed large buffers leave the process.
-
-    glibc raises its mmap threshold after the first large free and then keeps freed (batch x items)
-    buffers on a fragmented heap: on TikTok that is ~400 MB of peak RSS for nothing. A fixed
-    threshold (:data:`MMAP_THRESHOLD_BYTES` by default, ``$DIFFMM_MMAP_THRESHOLD`` to change, 0 to
-    keep glibc's policy) returns each large tensor's pages when it is freed, at the cost of page
-    faults when one is allocated; smaller temporaries (cache-sized chunks, (nodes, d) embeddings)
-    stay on the heap. Returns whether the policy was applied (glibc on Linux only).
-    """
-    if threshold_bytes is None:
-        threshold_bytes = int(os.environ.get("DIFFMM_MMAP_THRESHOLD", MMAP_THRESHOLD_BYTES))
-    libc = _glibc()
-    if threshold_bytes <= 0 or libc is None:
-        return False
-    M_MMAP_THRESHOLD = -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))

@@ -383,10 +383,10 @@ def test_generator_pass_equals_one_step_on_the_summed_loss(synthetic, monkeypatc
     """train_generators steps each modality's denoiser right after its backward; with no shared
     parameters this is the same update as one Adam step on the sum of the modalities' Eq. 24 losses.
     With row chunks, each batch's loss is the chunks' losses weighted by their share of the batch."""
-    import diffmm.models.diffmm as diffmm_module
+    from diffmm import memory
 
     if chunk_rows:
-        monkeypatch.setattr(diffmm_module, "GENERATOR_CHUNK_BYTES", 4 * synthetic.n_items * chunk_rows)
+        monkeypatch.setattr(memory, "GENERATOR_CHUNK_BYTES", 4 * synthetic.n_items * chunk_rows)
     torch.manual_seed(0)
     model = DiffMM(synthetic, DiffMMConfig(**SMALL))
     reference = copy.deepcopy(model)

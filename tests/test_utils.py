@@ -1,4 +1,4 @@
-"""Shared helpers: the heap policy."""
+"""The process's memory policy (diffmm.memory)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from diffmm.utils import return_large_buffers_to_os
+from diffmm.memory import return_large_buffers_to_os
 
 
 def test_return_large_buffers_to_os_can_be_switched_off(monkeypatch):
@@ -29,7 +29,7 @@ def test_freed_large_tensors_leave_the_process():
     imports before it happened to free, which varies with the code that was imported."""
     script = textwrap.dedent("""
         import sys, torch
-        from diffmm.utils import return_large_buffers_to_os
+        from diffmm.memory import return_large_buffers_to_os
         assert return_large_buffers_to_os((1 << 20) if sys.argv[1] == "on" else (32 << 20))
         def rss_mb():
             return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -60,8 +60,7 @@ def test_console_script_is_python_dash_m_diffmm():
 def test_full_generator_chunks_leave_the_heap():
     """A full chunk's dense (rows x items) blocks sit above the mmap threshold, so they are returned
     when freed (at a 16 MiB threshold they fell just under it: +120-160 MB peak at 5,000-10,000 items)."""
-    from diffmm.models.diffmm import GENERATOR_CHUNK_BYTES
-    from diffmm.utils import MMAP_THRESHOLD_BYTES
+    from diffmm.memory import GENERATOR_CHUNK_BYTES, MMAP_THRESHOLD_BYTES
 
     for items in (5_000, 6_710, 10_000, 18_357, 40_000, 100_000):
         rows = GENERATOR_CHUNK_BYTES // (4 * items)

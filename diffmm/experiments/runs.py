@@ -29,7 +29,7 @@ from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
 from diffmm.train import Callback, FitResult, Trainer, data_signature, load_checkpoint
-from diffmm.utils import atomic_path, atomic_write_text, exclusive_directory, seed_everything, trim_heap
+from diffmm.utils import atomic_path, atomic_write_text, exclusive_directory, seed_everything
 
 
 def build_run_config(model: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
@@ -100,8 +100,7 @@ def _run(dataset, config, out, resume, callbacks):
     if out:  # after the trainer checked that a checkpoint it resumes is of this same run
         config.save(out / "config.json", run_id=trainer.run_id)
     result = trainer.fit()
-    trainer.optimizers = {}  # training is over: free the optimizers' state before the reload and export below
-    trim_heap()
+    trainer.close()
     if out:
         with atomic_path(out / "history.csv") as tmp:
             result.history.assign(run_id=result.run_id).to_csv(tmp, index=False)

@@ -25,11 +25,7 @@ from diffmm.graph import (Adjacency, SparseRows, bipartite, csr_from_tensors, cs
                           sym_normalize, topk_interactions)
 from diffmm.models.base import Recommender, adam, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
-from diffmm.utils import trim_heap
-
-# largest dense (rows x items) float32 block per generator backward; a full chunk's blocks are above
-# utils.MMAP_THRESHOLD_BYTES, so their pages leave the process when they are freed
-GENERATOR_CHUNK_BYTES = 16 << 20
+from diffmm import memory
 
 
 class DiffMM(Recommender):
@@ -230,7 +226,7 @@ class DiffMM(Recommender):
         """One pass over all users: each modality's generator minimises Eq. 24.
 
         A batch's loss is a mean over its users, so its gradient is accumulated over row chunks whose
-        dense (rows x items) tensors stay within ``GENERATOR_CHUNK_BYTES`` (TikTok: 625 + 399 rows of a 1,024 batch):
+        dense (rows x items) tensors stay within ``memory.GENERATOR_CHUNK_BYTES`` (TikTok: 625 + 399 rows of a 1,024 batch):
         the same step, with about half the activation memory. Only one modality's activations and
         gradients are alive at a time: the generators share no parameters, so one step per modality
         (Adam skips parameters without a gradient) equals the step on the summed loss.
@@ -238,7 +234,7 @@ class DiffMM(Recommender):
         with torch.no_grad():
             features = self.modal_features()
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
-        chunk = max(1, GENERATOR_CHUNK_BYTES // (4 * self.n_items))
+        chunk = max(1, memory.GENERATOR_CHUNK_BYTES // (4 * self.n_items))
         totals, n = {}, 0
         for users in self._user_batches(shuffle=True):
             chunks = [(c, self.train_rows(c)) for c in users.split(chunk)]
@@ -290,7 +286,7 @@ class DiffMM(Recommender):
     def before_epoch(self, epoch, optimizers, progress=False):
         t0 = time.perf_counter()
         stats = self.train_generators(optimizers["generator"])
-        trim_heap()  # graph generation's peak does not sit on training's freed activations (~60-100 MB)
+        memory.phase_end()
         t1 = time.perf_counter()
         self.rebuild_graphs()
         stats.update(generator_train_s=t1 - t0, graph_rebuild_s=time.perf_counter() - t1)

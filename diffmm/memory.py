@@ -1,0 +1,92 @@
+"""The process's memory and thread policy, in one module.
+
+The entry point (``python -m diffmm``, the benchmarks) calls :func:`configure` once, before torch loads;
+library code only says where a phase or a step ends (:func:`phase_end`, :func:`step_end`) and how many
+threads a run asks for (:func:`set_threads`). What each setting buys is measured in docs/performance.md.
+
+* Transparent huge pages for torch's CPU allocator (``THP_MEM_ALLOC_ENABLE``, torch's own opt-in, read
+  when torch loads): large heap blocks fragment less.
+* A fixed glibc mmap threshold: freed large buffers (the denoisers' (rows x items) blocks) leave the
+  process instead of staying on a fragmented heap.
+* Heap trims (``malloc_trim``) where a phase ends, and every :data:`TRIM_EVERY_STEPS` BPR steps, so a
+  phase's peak does not sit on the previous phase's freed blocks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+
+# The largest dense (rows x items) float32 block of one denoiser chunk (models.diffmm splits its batches so).
+GENERATOR_CHUNK_BYTES = 16 << 20
+# Allocations of at least this size are mmap-ed. Below a full chunk's blocks, which are just under
+# GENERATOR_CHUNK_BYTES (at a threshold equal to it they stayed on the heap); above the (nodes x 128)
+# float32 embeddings of TikTok (8.2 MB), which every step reuses.
+MMAP_THRESHOLD_BYTES = GENERATOR_CHUNK_BYTES * 3 // 4
+TRIM_EVERY_STEPS = 8  # BPR steps between heap trims (each trim costs a little; the steps fragment the heap)
+
+
+def configure() -> None:
+    """Apply the policy to this process: call before torch is imported (THP is read when it loads).
+
+    ``THP_MEM_ALLOC_ENABLE=0`` and ``DIFFMM_MMAP_THRESHOLD=0`` switch the two allocator settings off.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    return_large_buffers_to_os()
+
+
+def set_threads(threads: int) -> None:
+    """torch's CPU threads for this process (0: leave torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def phase_end() -> None:
+    """A phase of work ended (generator training, graph generation, the BPR steps, training itself):
+    the next one starts without this one's freed blocks."""
+    trim_heap()
+
+
+def step_end(step: int) -> None:
+    """A BPR step ended: trim every :data:`TRIM_EVERY_STEPS` steps."""
+    if step % TRIM_EVERY_STEPS == 0:
+        trim_heap()
+
+
+def return_large_buffers_to_os(threshold_bytes: int | None = None) -> bool:
+    """Serve heap allocations >= ``threshold_bytes`` with mmap, so freed large buffers leave the process.
+
+    glibc raises its mmap threshold after the first large free and then keeps freed (batch x items)
+    buffers on a fragmented heap. A fixed threshold (:data:`MMAP_THRESHOLD_BYTES` by default,
+    ``$DIFFMM_MMAP_THRESHOLD`` to change, 0 to keep glibc's policy) returns each large tensor's pages
+    when it is freed, at the cost of page faults when one is allocated. Returns whether it was applied
+    (glibc on Linux only).
+    """
+    if threshold_bytes is None:
+        threshold_bytes = int(os.environ.get("DIFFMM_MMAP_THRESHOLD", MMAP_THRESHOLD_BYTES))
+    libc = _glibc()
+    if threshold_bytes <= 0 or libc is None:
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
