@@ -66,7 +66,7 @@ class EpochFlops:
     recommender: float
     evaluation: float
     # the same epoch done the straightforward way: the reverse loop over item-wide vectors, and one
-    # log-sum-exp per drawn node (the work count of the issue and of the reference code)
+    # log-sum-exp per drawn node (the reference code's work, the count the speed goal uses)
     plain_generator_train: float = 0.0
     plain_graph_generation: float = 0.0
     plain_recommender: float = 0.0

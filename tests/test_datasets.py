@@ -267,7 +267,7 @@ def test_ml100k_text_rebuild_embeds_the_template_into_the_cache(tmp_path, monkey
         calls.update(texts=texts, cache=cache)
         return np.ones((len(texts), 4), np.float32)
 
-    monkeypatch.setattr(D, "sentence_embeddings", fake_embeddings)
+    monkeypatch.setattr("diffmm.data.ml100k.sentence_embeddings", fake_embeddings)
     data = D.read_ml100k(real("ml100k"), text="rebuild")
     assert data.item_features["text"].shape == (1682, 4)
     assert calls["texts"][0].startswith("Toy Story (1995). Genres: Animation, Children's, Comedy. Director: ")

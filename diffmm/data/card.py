@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
-from diffmm.data.dataset import SPLITS, RecDataset
+if TYPE_CHECKING:  # the dataset module uses this one (RecDataset.stats): no import back at run time
+    from diffmm.data.dataset import RecDataset
 
 
 def dataset_card(*datasets: RecDataset) -> pd.DataFrame:
@@ -23,7 +24,7 @@ def dataset_card(*datasets: RecDataset) -> pd.DataFrame:
         raise ValueError("dataset_card needs at least one dataset")
     rows = []
     for data in datasets:
-        counts = {split: data.split(split).nnz for split in SPLITS}
+        counts = {split: data.split(split).nnz for split in data.SPLITS}
         total = sum(counts.values())
         row = {"dataset": data.name, "users": data.n_users, "items": data.n_items, "interactions": total,
                **counts, "sparsity (%)": 100.0 * (1.0 - total / (data.n_users * data.n_items)),

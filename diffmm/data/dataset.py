@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,7 @@ class RecDataset:
     item_names: Sequence[str] | None = None
     source: str = "<memory>"
     meta: dict = field(default_factory=dict)  # free-form extras (e.g. planted groups of synthetic data)
+    SPLITS: ClassVar[tuple[str, ...]] = SPLITS
 
     def __post_init__(self):
         for split in SPLITS:

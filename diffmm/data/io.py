@@ -23,7 +23,6 @@ ignore it.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import warnings
@@ -35,175 +34,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from diffmm.data.dataset import SPLITS, DataError, RecDataset
-from diffmm.utils import atomic_path, atomic_write_text
+from diffmm.data.parsing import (SPLIT_CODES, build_csr, check_features, int_ids, load_pickle, make_dataset, read_features,
+                                 read_shape, split_frame, write_features, write_shape)
+from diffmm.utils import atomic_path
 
 PathLike = str | os.PathLike
 
 # DiffMM's file name per split.
 DIFFMM_FILES = {"train": "trnMat.pkl", "valid": "valMat.pkl", "test": "tstMat.pkl"}
-# MMRec's x_label code per split.
-SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
-
-
-# ---------------------------------------------------------------------------- helpers
-def _int_ids(values, source: str, field: str) -> np.ndarray:
-    """Any 1-d array of ids -> int64, raising if a value is not a whole number."""
-    values = np.asarray(values)
-    if np.issubdtype(values.dtype, np.integer):
-        return values.astype(np.int64)
-    if np.issubdtype(values.dtype, np.floating):
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if not bad.any():
-            return values.astype(np.int64)
-        example = values[bad][0]
-    else:
-        as_num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
-        bad = np.isnan(as_num) | (as_num != np.round(as_num))
-        if not bad.any():
-            return as_num.astype(np.int64)
-        example = values[bad][0]
-    raise DataError(source, field, "integer ids",
-                    f"{int(bad.sum())} non-integer values, e.g. {example!r}")
-
-
-def _build_csr(users, items, n_users: int, n_items: int, source: str,
-               fields: tuple[str, str] = ("user", "item")) -> sp.csr_matrix:
-    """(user, item) id arrays -> binary (n_users, n_items) CSR, checking every id is in range.
-
-    Shared by all readers: the only place ids become a matrix.
-    """
-    ids = (_int_ids(users, source, fields[0]), _int_ids(items, source, fields[1]))
-    for values, n, field in zip(ids, (n_users, n_items), fields):
-        if values.size and values.min() < 0:
-            raise DataError(source, field, "ids >= 0",
-                            f"{int((values < 0).sum())} negative ids, e.g. {int(values.min())}")
-        if values.size and values.max() >= n:
-            raise DataError(source, field, f"ids < {n} (0-based, {n} in all)",
-                            f"{int((values >= n).sum())} ids out of range, max {int(values.max())}")
-    data = np.ones(len(ids[0]), dtype=np.float32)
-    csr = sp.csr_matrix((data, ids), shape=(n_users, n_items))
-    csr.sum_duplicates()
-    csr.data[:] = 1.0
-    return csr
-
-
-def _check_features(feats, n_items: int | None, source: str, field: str) -> np.ndarray:
-    """Validate one modality's (n_items, d) array against its file; return float32."""
-    feats = np.asarray(feats)
-    if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.number):
-        raise DataError(source, field, "a numeric 2-d (n_items, d) array",
-                        f"dtype {feats.dtype}, shape {feats.shape}")
-    if n_items is not None and feats.shape[0] != n_items:
-        raise DataError(source, field, f"{n_items} rows (one per item)", f"{feats.shape[0]} rows")
-    feats = feats.astype(np.float32)
-    bad = ~np.isfinite(feats)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise DataError(source, field, "finite values",
-                        f"{int(bad.sum())} NaN/inf values in {len(rows)} rows, e.g. row {int(rows[0])}")
-    return feats
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as err:  # corrupt header, truncated data, pickled objects
-        raise DataError(str(path), "file", "a readable .npy array", f"{type(err).__name__}: {err}") from err
-
-
-# What a pickled scipy.sparse matrix needs, and nothing else: its class and numpy's array reconstruction.
-# (module prefix, names); scipy and numpy moved these between private modules over the versions.
-_PICKLE_ALLOWED = (
-    (("scipy.sparse",), {"coo_matrix", "csr_matrix", "csc_matrix", "coo_array", "csr_array", "csc_array"}),
-    (("numpy.core.multiarray", "numpy._core.multiarray"), {"_reconstruct", "scalar"}),
-    (("numpy.core.numeric", "numpy._core.numeric"), {"_frombuffer"}),  # numpy >= 1.25's arrays, protocol 5
-    (("_codecs",), {"encode"}),  # bytes in protocol 2 pickles (as written by Python 2 code)
-    (("numpy",), {"ndarray", "dtype"}),
-)
-
-
-class _SparseUnpickler(pickle.Unpickler):
-    """Unpickles a scipy.sparse matrix and refuses every other class or function, so a crafted file
-    cannot run code (``pickle.load`` would call whatever the file names)."""
-
-    def find_class(self, module: str, name: str):
-        for prefixes, names in _PICKLE_ALLOWED:
-            if name in names and any(module == p or module.startswith(p + ".") for p in prefixes):
-                return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a pickled sparse matrix does not "
-                                     "need; refused (loading a pickle may run code it names)")
-
-
-def _load_pickle(path: Path):
-    """A pickled scipy.sparse matrix, read with :class:`_SparseUnpickler`: data, never code."""
-    try:
-        with open(path, "rb") as f, warnings.catch_warnings():
-            # old pickles name scipy.sparse.coo etc., which scipy deprecates on load
-            warnings.simplefilter("ignore", DeprecationWarning)
-            matrix = _SparseUnpickler(f).load()
-    except Exception as err:
-        raise DataError(str(path), "file", "a pickled scipy.sparse matrix", f"{type(err).__name__}: {err}") from err
-    if sp.issparse(matrix) and matrix.dtype == object:
-        raise DataError(str(path), "dtype", "a numeric sparse matrix", "object values")
-    return matrix
-
-
-def _read_features(files: Mapping[str, Path], n_items: int | None) -> dict[str, np.ndarray]:
-    """Load modality -> file; all must have the same row count (n_items if given)."""
-    features = {}
-    for modality, file in files.items():
-        features[modality] = _check_features(_load_npy(file), n_items, str(file), modality)
-        n_items = features[modality].shape[0]
-    return features
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a handle: np.save would add ".npy"
-        np.save(f, array)
-
-
-def _write_features(dataset: RecDataset, path: Path, pattern: str) -> None:
-    for modality, feats in dataset.item_features.items():
-        _save_npy(path / pattern.format(modality=modality), np.asarray(feats, dtype=np.float32))
-
-
-def _split_frame(dataset: RecDataset) -> pd.DataFrame:
-    """All interactions as (user, item, split code) rows, split-major, then user, then item."""
-    parts = []
-    for code, split in enumerate(SPLITS):
-        coo = dataset.split(split).tocoo()  # canonical CSR -> rows sorted by (user, item)
-        parts.append(pd.DataFrame({"user": coo.row.astype(np.int64), "item": coo.col.astype(np.int64),
-                                   "code": np.full(coo.nnz, code, dtype=np.int64)}))
-    return pd.concat(parts, ignore_index=True)
-
-
-def _shape_file(path: Path, name: str) -> Path:
-    return path / f"{name}.diffmm.json"
-
-
-def _read_shape(path: Path, name: str) -> dict[str, int]:
-    file = _shape_file(path, name)
-    if not file.exists():
-        return {}
-    try:
-        shape = json.loads(file.read_text())
-        return {k: int(shape[k]) for k in ("n_users", "n_items")}
-    except Exception as err:
-        raise DataError(str(file), "n_users/n_items", "a JSON object with integer n_users and n_items",
-                        f"{type(err).__name__}: {err}") from err
-
-
-def _write_shape(dataset: RecDataset, path: Path, name: str) -> None:
-    atomic_write_text(_shape_file(path, name),
-                      json.dumps({"n_users": dataset.n_users, "n_items": dataset.n_items}) + "\n")
-
-
-def _dataset(splits: dict[str, sp.csr_matrix], features: dict[str, np.ndarray], name: str,
-             source: str, train_source: str) -> RecDataset:
-    """The RecDataset, after checking the training split (``train_source``: its file) is not empty."""
-    if splits["train"].nnz == 0:
-        raise DataError(train_source, "train", "at least one training interaction", "an empty split")
-    return RecDataset(**splits, item_features=features, name=name, source=source)
 
 
 # ----------------------------------------------------------------------- DiffMM
@@ -226,7 +64,7 @@ def read_diffmm_dir(path: PathLike, name: str | None = None) -> RecDataset:
     splits, shape = {}, None
     for split, file_name in DIFFMM_FILES.items():
         file = path / file_name
-        matrix = _load_pickle(file)
+        matrix = load_pickle(file)
         if not sp.issparse(matrix) or matrix.ndim != 2:
             raise DataError(str(file), split, "a pickled 2-d scipy.sparse matrix", type(matrix).__name__)
         shape = shape or matrix.shape  # train first: the reference shape
@@ -235,9 +73,9 @@ def read_diffmm_dir(path: PathLike, name: str | None = None) -> RecDataset:
                             f"shape {matrix.shape}")
         coo = matrix.tocoo()
         keep = coo.data != 0
-        splits[split] = _build_csr(coo.row[keep], coo.col[keep], *shape, str(file), ("row (user)", "col (item)"))
+        splits[split] = build_csr(coo.row[keep], coo.col[keep], *shape, str(file), ("row (user)", "col (item)"))
     files = {f.name[: -len("_feat.npy")]: f for f in sorted(path.glob("*_feat.npy"))}
-    return _dataset(splits, _read_features(files, shape[1]), name or path.name, str(path),
+    return make_dataset(splits, read_features(files, shape[1]), name or path.name, str(path),
                     str(path / DIFFMM_FILES["train"]))
 
 
@@ -253,7 +91,7 @@ def write_diffmm_dir(dataset: RecDataset, path: PathLike) -> None:
         coo = dataset.split(split).tocoo().astype(np.float64)
         with atomic_path(path / file_name) as tmp, open(tmp, "wb") as f:
             pickle.dump(coo, f, protocol=pickle.HIGHEST_PROTOCOL)
-    _write_features(dataset, path, "{modality}_feat.npy")
+    write_features(dataset, path, "{modality}_feat.npy")
     stale = sorted(f.name for f in path.glob("*_feat.npy") if f.name[: -len("_feat.npy")] not in dataset.item_features)
     if stale:
         warnings.warn(f"{path}: {stale} are not modalities of '{dataset.name}' but will be read back "
@@ -306,22 +144,22 @@ def read_mmrec(path: PathLike, inter_file: str | None = None,
     for column in required:
         if column not in frame.columns:
             raise DataError(str(file), column, f"columns {required}", f"columns {list(frame.columns)}")
-    users = _int_ids(frame["userID"].to_numpy(), str(file), "userID")
-    items = _int_ids(frame["itemID"].to_numpy(), str(file), "itemID")
-    labels = _int_ids(frame["x_label"].to_numpy(), str(file), "x_label")
+    users = int_ids(frame["userID"].to_numpy(), str(file), "userID")
+    items = int_ids(frame["itemID"].to_numpy(), str(file), "itemID")
+    labels = int_ids(frame["x_label"].to_numpy(), str(file), "x_label")
     bad = ~np.isin(labels, list(SPLIT_CODES.values()))
     if bad.any():
         raise DataError(str(file), "x_label", "0 (train), 1 (valid) or 2 (test)",
                         f"{int(bad.sum())} other values, e.g. {int(labels[bad][0])}")
     name = name or file.stem
-    shape = _read_shape(folder, name)
+    shape = read_shape(folder, name)
     if feature_files is None:
         found = sorted(folder.glob("*_feat*.npy"))
         feature_files = {f.name.split("_feat")[0]: f.name for f in found}
         if len(feature_files) != len(found):
             raise DataError(str(folder), "feature files", "one '<modality>_feat*.npy' per modality "
                             "(or pass feature_files=...)", f"{[f.name for f in found]}")
-    features = _read_features({m: folder / f for m, f in feature_files.items()}, n_items or shape.get("n_items"))
+    features = read_features({m: folder / f for m, f in feature_files.items()}, n_items or shape.get("n_items"))
     n_users = n_users or shape.get("n_users") or (int(users.max()) + 1 if users.size else 0)
     if n_items is None:
         n_items = shape.get("n_items") or (next(iter(features.values())).shape[0] if features
@@ -329,23 +167,23 @@ def read_mmrec(path: PathLike, inter_file: str | None = None,
     keep = np.ones(len(frame), dtype=bool)
     if min_rating is not None:
         keep = pd.to_numeric(frame["rating"], errors="coerce").to_numpy() >= min_rating
-    _build_csr(users, items, n_users, n_items, str(file), ("userID", "itemID"))  # range-check every row
-    splits = {split: _build_csr(users[keep & (labels == code)], items[keep & (labels == code)],
+    build_csr(users, items, n_users, n_items, str(file), ("userID", "itemID"))  # range-check every row
+    splits = {split: build_csr(users[keep & (labels == code)], items[keep & (labels == code)],
                                 n_users, n_items, str(file), ("userID", "itemID"))
               for split, code in SPLIT_CODES.items()}
-    return _dataset(splits, features, name, str(file), f"{file} (x_label 0)")
+    return make_dataset(splits, features, name, str(file), f"{file} (x_label 0)")
 
 
 def write_mmrec(dataset: RecDataset, path: PathLike, name: str | None = None) -> None:
     """Write ``<name>.inter`` (rating 1, timestamp 0) and ``<modality>_feat.npy`` to ``path``."""
     path, name = Path(path), name or dataset.name
-    frame = _split_frame(dataset)
+    frame = split_frame(dataset)
     table = pd.DataFrame({"userID": frame["user"], "itemID": frame["item"], "rating": 1,
                           "timestamp": 0, "x_label": frame["code"]})
     with atomic_path(path / f"{name}.inter") as tmp:
         table.to_csv(tmp, sep="\t", index=False)
-    _write_features(dataset, path, "{modality}_feat.npy")
-    _write_shape(dataset, path, name)
+    write_features(dataset, path, "{modality}_feat.npy")
+    write_shape(dataset, path, name)
 
 
 # ---------------------------------------------------------------------- RecBole
@@ -380,31 +218,31 @@ def read_recbole(path: PathLike, name: str | None = None) -> RecDataset:
         for field in ("user_id", "item_id"):
             if field not in columns:
                 raise DataError(str(file), field, f"a column '{field}:token'", f"columns {list(frame.columns)}")
-        ids[split] = (_int_ids(frame[columns["user_id"]].to_numpy(), str(file), "user_id"),
-                      _int_ids(frame[columns["item_id"]].to_numpy(), str(file), "item_id"))
+        ids[split] = (int_ids(frame[columns["user_id"]].to_numpy(), str(file), "user_id"),
+                      int_ids(frame[columns["item_id"]].to_numpy(), str(file), "item_id"))
     prefix = f"{name}."
     feature_files = {f.name[len(prefix): -len("_feat.npy")]: f for f in sorted(path.glob(f"{name}.*_feat.npy"))}
-    shape = _read_shape(path, name)
-    features = _read_features(feature_files, shape.get("n_items"))
+    shape = read_shape(path, name)
+    features = read_features(feature_files, shape.get("n_items"))
     n_users = shape.get("n_users") or max(int(u.max()) if u.size else -1 for u, _ in ids.values()) + 1
     n_items = shape.get("n_items") or (next(iter(features.values())).shape[0] if features
                                        else max(int(i.max()) if i.size else -1 for _, i in ids.values()) + 1)
-    splits = {split: _build_csr(*ids[split], n_users, n_items, str(files[split]), ("user_id", "item_id"))
+    splits = {split: build_csr(*ids[split], n_users, n_items, str(files[split]), ("user_id", "item_id"))
               for split in SPLITS}
-    return _dataset(splits, features, name, str(path), str(files["train"]))
+    return make_dataset(splits, features, name, str(path), str(files["train"]))
 
 
 def write_recbole(dataset: RecDataset, path: PathLike, name: str | None = None) -> None:
     """Write RecBole atomic files; features go to ``<name>.<modality>_feat.npy`` (not a RecBole standard)."""
     path, name = Path(path), name or dataset.name
-    frame = _split_frame(dataset)
+    frame = split_frame(dataset)
     for code, split in enumerate(SPLITS):
         rows = frame[frame["code"] == code]
         table = pd.DataFrame({"user_id:token": rows["user"], "item_id:token": rows["item"]})
         with atomic_path(path / f"{name}.{split}.inter") as tmp:
             table.to_csv(tmp, sep="\t", index=False)
-    _write_features(dataset, path, f"{name}.{{modality}}_feat.npy")
-    _write_shape(dataset, path, name)
+    write_features(dataset, path, f"{name}.{{modality}}_feat.npy")
+    write_shape(dataset, path, name)
 
 
 # -------------------------------------------------------------------- DataFrame
@@ -413,7 +251,7 @@ def to_dataframe(dataset: RecDataset) -> pd.DataFrame:
 
     ``df.attrs`` keeps ``n_users`` and ``n_items`` so :func:`from_dataframe` restores the shape.
     """
-    frame = _split_frame(dataset)
+    frame = split_frame(dataset)
     df = pd.DataFrame({"user": frame["user"], "item": frame["item"],
                        "split": np.asarray(SPLITS, dtype=object)[frame["code"].to_numpy()]})
     df.attrs.update(n_users=dataset.n_users, n_items=dataset.n_items, name=dataset.name)
@@ -437,8 +275,8 @@ def from_dataframe(df: pd.DataFrame, item_features: Mapping[str, np.ndarray] | N
     for column in (user_col, item_col, split_col):
         if column not in df.columns:
             raise DataError(source, column, f"columns {[user_col, item_col, split_col]}", f"columns {list(df.columns)}")
-    users = _int_ids(df[user_col].to_numpy(), source, user_col)
-    items = _int_ids(df[item_col].to_numpy(), source, item_col)
+    users = int_ids(df[user_col].to_numpy(), source, user_col)
+    items = int_ids(df[item_col].to_numpy(), source, item_col)
     named = df[split_col].map(SPLIT_CODES)  # 'train'/'valid'/'test' -> 0/1/2, else NaN
     codes = named.where(named.notna(), pd.to_numeric(df[split_col], errors="coerce")).to_numpy()
     bad = ~np.isin(codes, list(SPLIT_CODES.values()))
@@ -446,15 +284,15 @@ def from_dataframe(df: pd.DataFrame, item_features: Mapping[str, np.ndarray] | N
         raise DataError(source, split_col, f"one of {list(SPLITS)} or 0/1/2",
                         f"{int(bad.sum())} other values, e.g. {df[split_col].to_numpy()[bad][0]!r}")
     codes = codes.astype(np.int64)
-    features = {m: _check_features(f, None, source, f"item_features['{m}']")
+    features = {m: check_features(f, None, source, f"item_features['{m}']")
                 for m, f in (item_features or {}).items()}
     n_users = n_users or df.attrs.get("n_users") or (int(users.max()) + 1 if users.size else 0)
     n_items = n_items or df.attrs.get("n_items") or (next(iter(features.values())).shape[0] if features
                                                      else (int(items.max()) + 1 if items.size else 0))
-    splits = {split: _build_csr(users[codes == code], items[codes == code], n_users, n_items, source,
+    splits = {split: build_csr(users[codes == code], items[codes == code], n_users, n_items, source,
                                 (user_col, item_col))
               for split, code in SPLIT_CODES.items()}
-    return _dataset(splits, features, name or df.attrs.get("name", "dataframe"), source, source)
+    return make_dataset(splits, features, name or df.attrs.get("name", "dataframe"), source, source)
 
 
 # ---------------------------------------------------------------- auto-detect

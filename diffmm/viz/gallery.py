@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from diffmm.experiments.analyses import Analysis
-from diffmm.viz.reproduction import EQUAL_GROUPS, group_table, point_table, run_frame
+from diffmm.experiments.tables import EQUAL_GROUPS, group_table, point_table, run_frame
 
 DATASET_TITLES = {"tiktok": "TikTok (DiffMM's split, image + audio)",
                   "ml100k": "MovieLens-100k (every rating an interaction; text + genre)"}
