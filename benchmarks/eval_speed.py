@@ -3,7 +3,7 @@
     python benchmarks/eval_speed.py [--data ../shared/datasets/tiktok] [--repeats 7]
 
 Scores come from a LightGCN's final embeddings (computed once, as in training-time evaluation).
-Prints the median and each repeat; the foundation target is <= 0.4 s on the 2-core CPU.
+Prints the median and each repeat; the speed goal is <= 0.4 s on the 2-core CPU.
 """
 
 import argparse
