@@ -116,6 +116,87 @@ class PopularityConfig(ConfigBase):
 
 
 @dataclass
+class VBPRConfig(ConfigBase):
+    """VBPR (He & McAuley, AAAI 2016): MF-BPR plus a user's preference for projected item features."""
+
+    dim: int = 64  # K: size of gamma_u, gamma_i (64 as this toolkit's other models; the paper splits K = K')
+    feature_dim: int = 64  # K': size of theta_u and of theta_i = sum_m E^m f^m_i (as MMRec's VBPR: 64 + 64)
+    feature_bias: bool = True  # the paper's visual bias beta'^T f_i, one beta'^m per modality
+    l2: float = 1e-4  # lambda_Theta on the batch's gamma_u, theta_u, gamma_i, beta_i / batch size (MF's value)
+    projection_l2: float = 0.0  # lambda_E on ||E^m||^2 + ||beta'^m||^2 per step (0: E is left free)
+    init_std: float = 0.1  # gamma and theta_u start as N(0, init_std^2), as MF here
+
+    def validate(self):
+        _positive(self, "dim", "feature_dim")
+        if self.l2 < 0 or self.projection_l2 < 0:
+            raise ValueError(f"VBPRConfig.l2 and projection_l2 must be >= 0, got {self.l2}, {self.projection_l2}")
+
+
+@dataclass
+class LightGCNMConfig(ConfigBase):
+    """LightGCN-M (DiffMM's "LGCN-M"): LightGCN whose item ego embedding is e_i + sum_m W^m f^m_i."""
+
+    dim: int = 64  # embedding size
+    layers: int = 3  # propagation layers (LightGCN's default here)
+    l2: float = 1e-4  # L2 on the batch's user and item id embeddings, divided by batch size
+    init_std: float = 0.1  # id embeddings start as N(0, init_std^2)
+
+    def validate(self):
+        _positive(self, "dim")
+        if self.layers < 0:
+            raise ValueError(f"LightGCNMConfig.layers must be >= 0, got {self.layers}")
+
+
+@dataclass
+class LATTICEConfig(ConfigBase):
+    """LATTICE (Zhang et al., ACM MM 2021): LightGCN plus item-item kNN graphs learned per modality.
+
+    Paper symbols: k = ``knn_k``, lambda = ``skip_weight`` (the skip connection to the initial
+    graph), L = ``item_layers``; alpha_m (modality weights) are learned.
+    """
+
+    dim: int = 64  # embedding size (authors' code: embed_size 64)
+    feature_dim: int = 64  # size of the projected features W^m f^m + b^m (authors' feat_embed_dim)
+    layers: int = 2  # LightGCN layers on the user-item graph (authors' weight_size [64, 64])
+    item_layers: int = 1  # L: convolutions on the item-item graph (paper: 1)
+    knn_k: int = 10  # k of the kNN sparsification (paper: 10)
+    skip_weight: float = 0.9  # lambda: weight of the initial raw-feature graph (paper and authors' lambda_coeff: 0.9)
+    l2: float = 1e-5  # L2 on the batch's final embeddings / batch size (authors' regs[0] = 1e-5)
+    knn_chunk_rows: int = 1024  # items per (rows, n_items) similarity block when building kNN graphs
+
+    def validate(self):
+        _positive(self, "dim", "feature_dim", "knn_k", "knn_chunk_rows")
+        if self.layers < 0 or self.item_layers < 0:
+            raise ValueError(f"LATTICEConfig.layers and item_layers must be >= 0, got {self.layers}, {self.item_layers}")
+        if not 0 <= self.skip_weight <= 1:
+            raise ValueError(f"LATTICEConfig.skip_weight must be in [0, 1], got {self.skip_weight}")
+
+
+@dataclass
+class BM3Config(ConfigBase):
+    """BM3 (Zhou et al., WWW 2023): self-supervised, no negatives; cosine alignment of online and
+    dropped-out target views. The BPR negatives the Trainer passes are ignored.
+
+    Paper symbols: p = ``dropout``, lambda = ``l2``, L = ``layers``.
+    """
+
+    dim: int = 64  # embedding size of ids, projected features and the predictor (paper: 64)
+    layers: int = 1  # L: LightGCN layers (authors' README, best on Baby and Sports: 1)
+    dropout: float = 0.5  # p: dropout ratio making the target views (README, Baby and Sports: 0.5)
+    l2: float = 0.1  # lambda on the batch's online user and item embeddings (README: Baby 0.1, Sports 0.01)
+    alignment_weight: float = 1.0  # weight of L_align + L_mask (paper: 1, a plain sum; authors' code cl_weight = 2)
+
+    def validate(self):
+        _positive(self, "dim")
+        if self.layers < 0:
+            raise ValueError(f"BM3Config.layers must be >= 0, got {self.layers}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"BM3Config.dropout must be in [0, 1), got {self.dropout}")
+        if self.l2 < 0 or self.alignment_weight < 0:
+            raise ValueError(f"BM3Config.l2 and alignment_weight must be >= 0, got {self.l2}, {self.alignment_weight}")
+
+
+@dataclass
 class RunConfig(ConfigBase):
     """Everything that determines a run: model name, its config, and the training config."""
 

@@ -178,3 +178,18 @@ def test_the_ray_executor_runs_two_quick_runs_on_a_local_ray(tmp_path):
     assert sorted(r["model"] for r in records.values()) == ["mf", "popularity"]
     _, left = reproduce.plan(chosen, tmp_path / "store")
     assert {j.key for j in left} == {j.key for j in missing} - {j.key for j in two}
+
+
+def test_a_run_being_trained_by_another_sweep_is_left_to_it(tmp_path):
+    """Two sweeps on one store: a run whose work directory another process holds is reported, not doubled."""
+    from diffmm.utils import exclusive_directory
+
+    chosen = declared.select("table2_comparison", declared.quick_analyses())
+    _, missing = reproduce.plan(chosen, tmp_path / "store")
+    job = next(j for j in missing if j.config.model == "popularity")
+    with exclusive_directory(tmp_path / "work" / job.dataset / f"{job.config.model}-{job.key}"):
+        errors = reproduce.run_jobs([job], tmp_path / "store", tmp_path / "work", progress=False)
+    assert len(errors) == 1 and "being written by another process" in errors[0]
+    assert not load_records(tmp_path / "store")
+    assert reproduce.run_jobs([job], tmp_path / "store", tmp_path / "work", progress=False) == []
+    assert len(load_records(tmp_path / "store")) == 1

@@ -24,10 +24,13 @@ def test_epoch_covers_every_training_pair_once():
     assert len({tuple(p) for p in pairs}) == data.train.nnz
 
 
-def test_user_with_every_item_is_an_error():
+def test_a_user_with_every_item_is_left_out_and_only_all_such_users_are_an_error():
     train = sp.csr_matrix(np.array([[1, 1, 1], [1, 0, 0]], dtype=np.float32))
-    with pytest.raises(ValueError, match="every item"):
-        NegativeSampler(train)
+    with pytest.warns(UserWarning, match="every item"):
+        sampler = NegativeSampler(train)
+    assert list(sampler.users) == [1] and list(sampler.items) == [0]
+    with pytest.raises(ValueError, match="every user interacted with every item"), pytest.warns(UserWarning):
+        NegativeSampler(sp.csr_matrix(np.ones((2, 3), dtype=np.float32)))
 
 
 def test_negatives_are_uniform_over_each_users_non_positives():

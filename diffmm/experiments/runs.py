@@ -122,12 +122,12 @@ def config_key(dataset: RecDataset, config: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def run_dir_results(out_dir: str | Path) -> dict:
+def run_dir_results(out_dir: str | Path, required: Sequence[str] = ("test",)) -> dict:
     """A finished run directory's metrics.json, checked to belong to the same run as its config.json."""
     out = Path(out_dir)
     found = read_json(out / "metrics.json")
     config = read_json(out / "config.json") if (out / "config.json").exists() else {}
-    for name in ("best_epoch", "test", "optimistic_test"):
+    for name in required:
         if name not in found:
             raise ValueError(f"{out / 'metrics.json'}: field '{name}' is missing (is it a diffmm run's metrics.json?)")
     if found.get("run_id") and config.get("run_id") and found["run_id"] != config["run_id"]:
@@ -161,7 +161,7 @@ def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("re
     """
     rows = []
     for out in map(Path, run_dirs):
-        found = run_dir_results(out)
+        found = run_dir_results(out, ("best_epoch", "epochs_run", "wall_s", "test", "optimistic_test"))
         seed = read_json(out / "config.json").get("train", {}).get("seed") if (out / "config.json").exists() else None
         row = {"run": out.name, "seed": seed, "best_epoch": found["best_epoch"], "epochs": found["epochs_run"],
                "wall_s": found["wall_s"]}

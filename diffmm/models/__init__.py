@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from diffmm.config import DiffMMConfig, LightGCNConfig, MFConfig, PopularityConfig
+from diffmm.config import (BM3Config, DiffMMConfig, LATTICEConfig, LightGCNConfig, LightGCNMConfig, MFConfig,
+                           PopularityConfig, VBPRConfig)
 from diffmm.models.base import Recommender
 from diffmm.models.baselines import MF, LightGCN, Popularity
 from diffmm.models.diffmm import DiffMM
+from diffmm.models.multimodal import BM3, LATTICE, VBPR, LightGCNM
 
 # name -> (config class, model class); the CLI and experiments look models up here.
 MODELS: dict[str, tuple[type, type]] = {
@@ -13,6 +15,10 @@ MODELS: dict[str, tuple[type, type]] = {
     "mf": (MFConfig, MF),
     "lightgcn": (LightGCNConfig, LightGCN),
     "popularity": (PopularityConfig, Popularity),
+    "vbpr": (VBPRConfig, VBPR),
+    "lightgcn-m": (LightGCNMConfig, LightGCNM),
+    "lattice": (LATTICEConfig, LATTICE),
+    "bm3": (BM3Config, BM3),
 }
 
 
@@ -28,4 +34,5 @@ def build_model(name: str, dataset, config=None) -> Recommender:
     return model_cls(dataset, config)
 
 
-__all__ = ["MODELS", "build_model", "Recommender", "DiffMM", "MF", "LightGCN", "Popularity"]
+__all__ = ["MODELS", "build_model", "Recommender", "DiffMM", "MF", "LightGCN", "Popularity", "VBPR", "LightGCNM",
+           "LATTICE", "BM3"]

@@ -1,0 +1,374 @@
+"""Multi-modal baselines of the DiffMM paper's Table 2: VBPR, LightGCN-M, LATTICE and BM3.
+
+Read top to bottom: the shared pieces (item features as buffers, LightGCN's layer mean, kNN
+item-item graphs), then the four models. Modalities are the dataset's dict: each model loops over
+it and never names one. Nothing of size users x items or items x items is ever dense: a kNN graph
+is kept as (n_items, k) neighbour indices and weights, and built a block of rows at a time.
+
+Formulas are cited by the paper's section and symbols.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diffmm.config import BM3Config, LATTICEConfig, LightGCNMConfig, VBPRConfig
+from diffmm.data.dataset import RecDataset
+from diffmm.graph import Adjacency, normalized_adjacency
+from diffmm.models.base import Recommender, bpr
+from diffmm.models.baselines import LightGCN
+
+
+# ------------------------------------------------------------------ shared pieces
+def register_features(model: nn.Module, dataset: RecDataset) -> list[str]:
+    """Store each modality's (n_items, d_m) features as a buffer ``raw_<name>``; returns the names."""
+    if not dataset.item_features:
+        raise ValueError(f"{type(model).__name__} needs item features; dataset '{dataset.name}' has no modality")
+    for m, feats in dataset.item_features.items():
+        model.register_buffer(f"raw_{m}", torch.from_numpy(np.asarray(feats, dtype=np.float32)), persistent=False)
+    return list(dataset.item_features)
+
+
+def layer_mean(adjacency: Adjacency, ego: torch.Tensor, layers: int) -> torch.Tensor:
+    """LightGCN's readout: mean over l = 0..L of A_hat^l E_0, for (U + I, d) ego embeddings."""
+    layer = total = ego
+    for _ in range(layers):
+        layer = adjacency @ layer
+        total = total + layer
+    return total / (layers + 1)
+
+
+def knn_graph(features: torch.Tensor, k: int, chunk_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item's k most cosine-similar items (itself included) and those similarities, (n, k) each.
+
+    LATTICE Sec. 3.1.1: S_ij = e_i.e_j / (||e_i|| ||e_j||), then kNN sparsification (keep the
+    top-k of each row). Rows go ``chunk_rows`` at a time: a (chunk_rows, n) similarity block is
+    made, its top-k kept and the block dropped. When ``features`` requires grad, the kept
+    similarities are recomputed as row-wise dot products, so they carry the gradient (as top-k
+    values do) without any (chunk, n) block in the backward pass.
+    """
+    n = features.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"kNN graph: k must be in [1, n_items = {n}], got {k}")
+    unit = F.normalize(features, dim=1)  # (n, d): e_i / ||e_i||
+    with torch.no_grad():
+        blocks = [(unit[start:start + chunk_rows] @ unit.T).topk(k, dim=1) for start in range(0, n, chunk_rows)]
+    neighbours = torch.cat([b.indices for b in blocks])  # (n, k)
+    similarity = torch.cat([b.values for b in blocks])  # (n, k)
+    if unit.requires_grad:
+        similarity = torch.einsum("nd,nkd->nk", unit, unit[neighbours])  # the same S_ij, differentiable
+    return neighbours, similarity
+
+
+def normalize_knn(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 S D^-1/2 of a kNN graph, D_ii = sum_j S_ij (LATTICE Sec. 3.1.1, normalisation).
+
+    Returns the (n, k) normalised weights; a row whose degree is not positive becomes zero.
+    """
+    degree = weights.sum(1)  # (n,)
+    inv_sqrt = degree.clamp_min(1e-12).rsqrt() * (degree > 0)
+    return weights * inv_sqrt.unsqueeze(1) * inv_sqrt[neighbours]
+
+
+def knn_propagate(neighbours: torch.Tensor, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A @ x for the kNN graph A whose row i has ``weights[i]`` at columns ``neighbours[i]``.
+
+    Differentiable in both ``weights`` and ``x``; memory O(n k d), never O(n^2).
+    """
+    return torch.einsum("nk,nkd->nd", weights, x[neighbours])
+
+
+def knn_adjacency(neighbours: torch.Tensor, weights: torch.Tensor, device) -> Adjacency:
+    """A fixed kNN graph as a CSR :class:`Adjacency` (fast ``A @ X`` with autograd on X)."""
+    n, k = neighbours.shape
+    matrix = sp.csr_matrix((weights.detach().cpu().numpy().ravel(), neighbours.cpu().numpy().ravel(),
+                            np.arange(0, n * k + 1, k)), shape=(n, n))
+    matrix.sort_indices()
+    return Adjacency(matrix, device)
+
+
+# ------------------------------------------------------------------------ VBPR
+class VBPR(Recommender):
+    """VBPR (He & McAuley, AAAI 2016): MF-BPR with a preference for projected item features.
+
+    score(u, i) = gamma_u.gamma_i + theta_u.theta_i + beta_i + sum_m beta'^m.f^m_i,
+    theta_i = sum_m E^m f^m_i.
+
+    Several modalities: one projection E^m per modality, summed. That is exactly the paper's
+    single E applied to the concatenated features f_i = [f^1_i; ...; f^M_i] (what MMRec's VBPR
+    does), so it stays the paper's model and theta_u keeps K' dimensions for any number of
+    modalities. The paper's alpha and beta_u cancel in BPR's score differences and are left out.
+
+    Not from the paper: dimensions 64 + 64 and Xavier-normal E (MMRec's VBPR); L2 on the batch's
+    parameters per step, and N(0, 0.1^2) initial factors (this toolkit's MF).
+
+    Args:
+        dataset: interactions and ``item_features`` (any number of modalities).
+        config: :class:`VBPRConfig`.
+    """
+
+    def __init__(self, dataset: RecDataset, config: VBPRConfig | None = None):
+        super().__init__(dataset)
+        self.config = cfg = config or VBPRConfig()
+        self.modalities = register_features(self, dataset)
+        dims = {m: f.shape[1] for m, f in dataset.item_features.items()}
+        self.user_factors = nn.Parameter(torch.randn(self.n_users, cfg.dim) * cfg.init_std)  # gamma_u
+        self.item_factors = nn.Parameter(torch.randn(self.n_items, cfg.dim) * cfg.init_std)  # gamma_i
+        self.user_feature_factors = nn.Parameter(torch.randn(self.n_users, cfg.feature_dim) * cfg.init_std)  # theta_u
+        self.item_bias = nn.Parameter(torch.zeros(self.n_items))  # beta_i
+        self.projections = nn.ModuleDict({m: nn.Linear(d, cfg.feature_dim, bias=False) for m, d in dims.items()})  # E^m
+        for projection in self.projections.values():
+            nn.init.xavier_normal_(projection.weight)
+        self.feature_bias = (nn.ModuleDict({m: nn.Linear(d, 1, bias=False) for m, d in dims.items()})  # beta'^m
+                             if cfg.feature_bias else None)
+        for layer in (self.feature_bias or {}).values():
+            nn.init.zeros_(layer.weight)
+
+    def item_side(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """theta_i = sum_m E^m f^m_i, (B, K'), and the bias beta_i + sum_m beta'^m.f^m_i, (B,); all items if None."""
+        pick = (lambda t: t) if items is None else (lambda t: t[items])
+        raw = {m: pick(getattr(self, f"raw_{m}")) for m in self.modalities}
+        theta = sum(self.projections[m](raw[m]) for m in self.modalities)
+        bias = pick(self.item_bias)
+        if self.feature_bias is not None:
+            bias = bias + sum(self.feature_bias[m](raw[m]).squeeze(-1) for m in self.modalities)
+        return theta, bias
+
+    def loss(self, users, positives, negatives):
+        items = torch.cat([positives, negatives])  # (2B,)
+        theta_i, bias = self.item_side(items)
+        u = torch.cat([self.user_factors[users], self.user_feature_factors[users]], 1).repeat(2, 1)  # (2B, K + K')
+        i = torch.cat([self.item_factors[items], theta_i], 1)  # (2B, K + K')
+        pos, neg = ((u * i).sum(-1) + bias).chunk(2)  # VBPR's predictor x_ui (alpha, beta_u cancel)
+        rec = bpr(pos, neg)  # BPR-OPT: -ln sigma(x_ui - x_uj)
+        reg = 0.5 * (self.user_factors[users].square().sum() + self.user_feature_factors[users].square().sum()
+                     + self.item_factors[items].square().sum() + self.item_bias[items].square().sum()) / len(users)
+        out = {"loss": rec + self.config.l2 * reg, "bpr": rec, "l2": reg}
+        if self.config.projection_l2:  # lambda_E
+            weights = [*self.projections.values(), *(self.feature_bias or {}).values()]
+            out["loss"] = out["loss"] + self.config.projection_l2 * 0.5 * sum(w.weight.square().sum() for w in weights)
+        return out
+
+    def final_embeddings(self):
+        theta_i, bias = self.item_side()
+        ones = torch.ones(self.n_users, 1, device=self.device)
+        return (torch.cat([self.user_factors, self.user_feature_factors, ones], 1),  # [gamma_u, theta_u, 1]
+                torch.cat([self.item_factors, theta_i, bias.unsqueeze(1)], 1))  # [gamma_i, theta_i, bias_i]
+
+    def __repr__(self):
+        return (f"VBPR(users={self.n_users}, items={self.n_items}, dim={self.config.dim}+{self.config.feature_dim}, "
+                f"modalities={self.modalities})")
+
+
+# ------------------------------------------------------------------ LightGCN-M
+class LightGCNM(LightGCN):
+    """LightGCN-M (the DiffMM paper's "LGCN-M"): LightGCN with modality features in the item ego.
+
+    Item ego e^0_i = e_i + sum_m W^m f^m_i + b^m (one linear map per modality, summed so the
+    width stays d for any number of modalities); then LightGCN: E = mean_{l=0..L} A_hat^l E^0,
+    A_hat = D^-1/2 A D^-1/2; BPR with L2 on the batch's id embeddings. The paper gives no more
+    detail: the rest is LightGCN as in this toolkit (N(0, 0.1^2) ids, nn.Linear's default init).
+
+    Args:
+        dataset: interactions and ``item_features`` (any number of modalities).
+        config: :class:`LightGCNMConfig`.
+    """
+
+    def __init__(self, dataset: RecDataset, config: LightGCNMConfig | None = None):
+        super().__init__(dataset, config or LightGCNMConfig())
+        self.modalities = register_features(self, dataset)
+        self.projections = nn.ModuleDict({m: nn.Linear(f.shape[1], self.config.dim)
+                                          for m, f in dataset.item_features.items()})  # W^m, b^m
+
+    def final_embeddings(self):
+        items = self.item_embedding + sum(self.projections[m](getattr(self, f"raw_{m}")) for m in self.modalities)
+        total = layer_mean(self.adjacency, torch.cat([self.user_embedding, items]), self.config.layers)
+        return total[: self.n_users], total[self.n_users:]
+
+    def __repr__(self):
+        return (f"LightGCNM(users={self.n_users}, items={self.n_items}, dim={self.config.dim}, "
+                f"layers={self.config.layers}, modalities={self.modalities})")
+
+
+# --------------------------------------------------------------------- LATTICE
+class LATTICE(Recommender):
+    """LATTICE (Zhang et al., ACM MM 2021): LightGCN plus latent item-item graphs from the modalities.
+
+    1. Per modality m, the initial graph S~^m: cosine kNN graph of the raw features, normalised
+       D^-1/2 S D^-1/2 (Sec. 3.1.1), built once. 2. The learned graph A^m_learned: the same on the
+       projected features W^m f^m + b^m (Sec. 3.1.2), with gradient through the kept similarities.
+    3. Skip connection A^m = lambda S~^m + (1 - lambda) A^m_learned, 4. A = sum_m alpha_m A^m with
+    alpha = softmax of learned logits (Sec. 3.1.3). 5. h = A^L e_item (Sec. 3.2). 6. Items
+    x~_i = x_i + h_i / ||h_i|| with x from LightGCN; score x_u.x~_i; BPR + L2 (Sec. 3.3-3.4).
+
+    Where this follows the authors' code (CRIPAC-DIG/LATTICE, as MMRec's lattice.py) rather than
+    the paper: the learned graph is recomputed (with gradient) at the first step of each epoch and
+    reused, detached with its alpha, for the epoch's other steps, and recomputed for evaluation;
+    an item is its own nearest neighbour; degrees are row sums of the (directed) kNN graph; the
+    L2 is on the batch's final embeddings; Xavier-uniform ids; 2 user-item layers; projected
+    size 64. Unlike that code, each modality's learned graph is normalised before the alpha-mix
+    (as the paper writes it), the raw features stay fixed (the code fine-tunes them), and the
+    user-item graph is LightGCN's D^-1/2 A D^-1/2 (the code uses D^-1 (A + I)).
+
+    Args:
+        dataset: interactions and ``item_features`` (any number of modalities).
+        config: :class:`LATTICEConfig`.
+    """
+
+    def __init__(self, dataset: RecDataset, config: LATTICEConfig | None = None):
+        super().__init__(dataset)
+        self.config = cfg = config or LATTICEConfig()
+        if cfg.knn_k > self.n_items:
+            raise ValueError(f"LATTICEConfig.knn_k = {cfg.knn_k} exceeds the {self.n_items} items of "
+                             f"'{dataset.name}': set --knn_k to at most {self.n_items}")
+        self.modalities = register_features(self, dataset)
+        self._train = dataset.train
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, cfg.dim)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, cfg.dim)))
+        self.projections = nn.ModuleDict({m: nn.Linear(f.shape[1], cfg.feature_dim)
+                                          for m, f in dataset.item_features.items()})  # W^m, b^m
+        self.modality_logits = nn.Parameter(torch.zeros(len(self.modalities)))  # softmax -> alpha_m, equal at first
+        self._rebuild = True  # recompute the learned graphs at the next step
+        self._learned: tuple | None = None  # (alpha, {m: (neighbours, weights)}), detached, for the epoch
+
+    @property
+    def adjacency(self) -> Adjacency:
+        return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
+
+    def initial_graph(self, m: str) -> Adjacency:
+        """S~^m: the normalised kNN graph of modality m's raw features (fixed)."""
+        def build(device):
+            neighbours, similarity = knn_graph(getattr(self, f"raw_{m}"), self.config.knn_k, self.config.knn_chunk_rows)
+            return knn_adjacency(neighbours, normalize_knn(neighbours, similarity), device)
+
+        return self.on_device(f"initial/{m}", build)
+
+    def learned_graphs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """A^m_learned for every modality: (neighbours, normalised weights), (n_items, k) each."""
+        graphs = {}
+        for m in self.modalities:
+            projected = self.projections[m](getattr(self, f"raw_{m}"))  # (I, d'): W^m f^m + b^m
+            neighbours, similarity = knn_graph(projected, self.config.knn_k, self.config.knn_chunk_rows)
+            graphs[m] = (neighbours, normalize_knn(neighbours, similarity))
+        return graphs
+
+    def before_epoch(self, epoch, optimizers, progress=False):
+        self._rebuild = True
+        return {}
+
+    def item_graph_embeddings(self, rebuild: bool = True) -> torch.Tensor:
+        """h = A^L e_item, A = sum_m alpha_m (lambda S~^m + (1 - lambda) A^m_learned); (I, d)."""
+        if rebuild or self._learned is None:
+            alpha, learned = torch.softmax(self.modality_logits, 0), self.learned_graphs()
+        else:
+            alpha, learned = self._learned
+        if torch.is_grad_enabled():  # a training step keeps the graphs (detached) for the rest of the epoch
+            self._learned = (alpha.detach(), {m: (n, w.detach()) for m, (n, w) in learned.items()})
+        lam, h = self.config.skip_weight, self.item_embedding
+        for _ in range(self.config.item_layers):
+            h = sum(alpha[k] * (lam * (self.initial_graph(m) @ h) + (1 - lam) * knn_propagate(*learned[m], h))
+                    for k, m in enumerate(self.modalities))  # skip connection, then the alpha-mix
+        return h
+
+    def embeddings(self, rebuild: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        total = layer_mean(self.adjacency, torch.cat([self.user_embedding, self.item_embedding]), self.config.layers)
+        h = self.item_graph_embeddings(rebuild)
+        return total[: self.n_users], total[self.n_users:] + F.normalize(h, dim=1)  # x~_i = x_i + h_i / ||h_i||
+
+    def final_embeddings(self):
+        return self.embeddings(rebuild=True)
+
+    def loss(self, users, positives, negatives):
+        users_emb, items_emb = self.embeddings(rebuild=self._rebuild)
+        self._rebuild = False
+        u, i, j = users_emb[users], items_emb[positives], items_emb[negatives]  # (B, d)
+        rec = bpr((u * i).sum(-1), (u * j).sum(-1))
+        reg = 0.5 * (u.square().sum() + i.square().sum() + j.square().sum()) / len(users)
+        return {"loss": rec + self.config.l2 * reg, "bpr": rec, "l2": reg}
+
+    def __repr__(self):
+        cfg = self.config
+        return (f"LATTICE(users={self.n_users}, items={self.n_items}, dim={cfg.dim}, layers={cfg.layers}, "
+                f"k={cfg.knn_k}, lambda={cfg.skip_weight}, modalities={self.modalities})")
+
+
+# ------------------------------------------------------------------------- BM3
+class BM3(Recommender):
+    """BM3 (Zhou et al., WWW 2023): bootstrapped latent views, no negative sampling.
+
+    Sec. 3.1: h_m = f^m W_m + b_m per modality; ids through LightGCN, h_u = mean_l H^l_u and
+    h_i = mean_l H^l_i + H^0_i. Sec. 3.2: online views h~ = f_p(h) by one shared linear predictor
+    f_p; target views h. = dropout_p(sg(h)). With C(a, b) = 1 - cos(a, b):
+    L_rec = C(h~_u, h._i) + C(h._u, h~_i) over the batch's interactions (u, i);
+    L_align = sum_m C(h~_m,i, h._i) (inter-modality); L_mask = sum_m C(h~_m,i, h._m,i) (intra-modality);
+    L = L_rec + L_align + L_mask + lambda (||h_u||^2 + ||h_i||^2). Sec. 3.3: score = h~_u . h~_i.
+    The negatives passed to :meth:`loss` are ignored.
+
+    C is the paper's negative cosine plus 1 (the authors' code): the same gradients, a loss >= 0.
+    From the authors' code (enoche/BM3, also MMRec's bm3.py), not the paper: Xavier-uniform ids,
+    Xavier-normal projections and predictor, and the user-item graph D^-1/2 A D^-1/2 without
+    self-loops. Unlike that code, the L2 is squared norms of the batch's online embeddings
+    averaged over the batch (the code adds the unsquared norms of the whole tables, divided by
+    n_items), and L_align + L_mask have weight ``alignment_weight`` = 1 (the code's cl_weight is 2).
+
+    Args:
+        dataset: interactions and ``item_features`` (any number of modalities).
+        config: :class:`BM3Config`.
+    """
+
+    def __init__(self, dataset: RecDataset, config: BM3Config | None = None):
+        super().__init__(dataset)
+        self.config = cfg = config or BM3Config()
+        self.modalities = register_features(self, dataset)
+        self._train = dataset.train
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, cfg.dim)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, cfg.dim)))
+        self.projections = nn.ModuleDict({m: nn.Linear(f.shape[1], cfg.dim)
+                                          for m, f in dataset.item_features.items()})  # W_m, b_m
+        self.predictor = nn.Linear(cfg.dim, cfg.dim)  # f_p, shared by ids and modalities
+        for layer in [*self.projections.values(), self.predictor]:
+            nn.init.xavier_normal_(layer.weight)
+
+    @property
+    def adjacency(self) -> Adjacency:
+        return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
+
+    def online_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_u (U, d) and h_i (I, d): the LightGCN readout, plus the item's own id embedding (Sec. 3.1)."""
+        total = layer_mean(self.adjacency, torch.cat([self.user_embedding, self.item_embedding]), self.config.layers)
+        return total[: self.n_users], total[self.n_users:] + self.item_embedding
+
+    def target(self, h: torch.Tensor) -> torch.Tensor:
+        """h. = dropout_p(sg(h)): the target view (Sec. 3.2)."""
+        return F.dropout(h.detach(), self.config.dropout, training=True)
+
+    def loss(self, users, positives, negatives):
+        def c(a, b):  # C(a, b) = 1 - cos(a, b), averaged over the batch
+            return 1 - F.cosine_similarity(a, b, dim=-1).mean()
+
+        users_emb, items_emb = self.online_embeddings()
+        h_u, h_i = users_emb[users], items_emb[positives]  # (B, d)
+        target_u, target_i = self.target(h_u), self.target(h_i)
+        rec = c(self.predictor(h_u), target_i) + c(target_u, self.predictor(h_i))  # L_rec
+        align = mask = 0.0
+        for m in self.modalities:
+            h_m = self.projections[m](getattr(self, f"raw_{m}")[positives])  # (B, d): h_m of the batch's items
+            online_m = self.predictor(h_m)
+            align = align + c(online_m, target_i)  # L_align: modality m vs the item's id view
+            mask = mask + c(online_m, self.target(h_m))  # L_mask: modality m vs its own dropped-out view
+        reg = (h_u.square().sum() + h_i.square().sum()) / len(users)
+        loss = rec + self.config.alignment_weight * (align + mask) + self.config.l2 * reg
+        return {"loss": loss, "rec": rec, "align": align, "mask": mask, "l2": reg}
+
+    def final_embeddings(self):
+        users_emb, items_emb = self.online_embeddings()
+        return self.predictor(users_emb), self.predictor(items_emb)  # score = h~_u . h~_i (Sec. 3.3)
+
+    def __repr__(self):
+        cfg = self.config
+        return (f"BM3(users={self.n_users}, items={self.n_items}, dim={cfg.dim}, layers={cfg.layers}, "
+                f"dropout={cfg.dropout}, modalities={self.modalities})")
