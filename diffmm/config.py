@@ -167,7 +167,8 @@ class LATTICEConfig(ConfigBase):
     def validate(self):
         _positive(self, "dim", "feature_dim", "knn_k", "knn_chunk_rows")
         if self.layers < 0 or self.item_layers < 0:
-            raise ValueError(f"LATTICEConfig.layers and item_layers must be >= 0, got {self.layers}, {self.item_layers}")
+            raise ValueError(f"LATTICEConfig.layers and item_layers must be >= 0, "
+                             f"got {self.layers}, {self.item_layers}")
         if not 0 <= self.skip_weight <= 1:
             raise ValueError(f"LATTICEConfig.skip_weight must be in [0, 1], got {self.skip_weight}")
 

@@ -20,6 +20,14 @@ NAMES = ("vbpr", "lightgcn-m", "lattice", "bm3")
 D = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Training runs here use one thread (TrainConfig.threads sets it process-wide): put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------ a tiny hand-made graph
 @pytest.fixture
 def tiny() -> RecDataset:
@@ -172,7 +180,8 @@ def lattice_reference(data, w, cfg):
 
 
 def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny):
-    cfg = LATTICEConfig(dim=4, feature_dim=3, layers=2, item_layers=2, knn_k=2, skip_weight=0.6, l2=0.2, knn_chunk_rows=2)
+    cfg = LATTICEConfig(dim=4, feature_dim=3, layers=2, item_layers=2, knn_k=2, skip_weight=0.6, l2=0.2,
+                        knn_chunk_rows=2)
     model = LATTICE(tiny, cfg)
     w = set_weights(model)
     w = {k: v.requires_grad_(True) for k, v in w.items()}
@@ -188,9 +197,11 @@ def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny):
     ref_loss.backward()
     for name, p in model.named_parameters():  # through the kept kNN similarities, normalisation and alpha
         assert_close(p.grad, w[name].grad, tol=1e-4)
-    # the epoch's other steps reuse the graphs, detached: no gradient to projections or alpha
+    # the epoch's other steps reuse the graph, fixed: the same loss, no gradient to projections or alpha
     model.zero_grad(set_to_none=True)
-    model.loss(USERS, POS, NEG)["loss"].backward()
+    again = model.loss(USERS, POS, NEG)["loss"]
+    assert_close(again, out["loss"])
+    again.backward()
     assert model.projections["first"].weight.grad is None and model.modality_logits.grad is None
     assert model.item_embedding.grad is not None
     model.before_epoch(2, {})
@@ -240,7 +251,8 @@ def test_trains_end_to_end_with_any_number_of_modalities(name, n_modalities):
     modalities = dict(list({"a": (16, 1.0), "b": (8, 0.5), "c": (5, 0.0)}.items())[:n_modalities])
     data = make_synthetic(n_users=200, n_items=120, modalities=modalities, seed=1)
     torch.manual_seed(0)
-    result = Trainer(build_model(name, data), data, TrainConfig(epochs=2, progress=False, batch_size=256)).fit()
+    config = TrainConfig(epochs=2, progress=False, batch_size=256, threads=1)
+    result = Trainer(build_model(name, data), data, config).fit()
     losses = result.history.filter(like="train_")
     assert losses.shape == (2, losses.shape[1]) and np.isfinite(losses.to_numpy()).all()
     assert all(0 <= v <= 1 for v in {**result.valid, **result.test}.values())
@@ -248,7 +260,8 @@ def test_trains_end_to_end_with_any_number_of_modalities(name, n_modalities):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_epoch_on_ml100k(ml100k, name):
-    result = Trainer(build_model(name, ml100k), ml100k, TrainConfig(epochs=1, progress=False, batch_size=2048)).fit()
+    config = TrainConfig(epochs=1, progress=False, batch_size=2048, threads=1)
+    result = Trainer(build_model(name, ml100k), ml100k, config).fit()
     assert np.isfinite(result.history.filter(like="train_").to_numpy()).all()
     assert all(0 <= v <= 1 for v in result.test.values())
 

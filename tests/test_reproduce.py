@@ -63,12 +63,12 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
         else:
             assert list(table["label"]) == [p.label for p in analysis.points]
             assert (table["seeds"] == 1).all() and table["recall@20 mean"].between(0, 1).all()
-    # shared points are one run: 4 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points
+    # shared points are one run: 8 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points
     records = load_records(full / "store")
-    assert len(records) == 28
+    assert len(records) == 32
     capsys.readouterr()
     assert quick(full, "--status") == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 28, "missing": 0,
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 32, "missing": 0,
                                                                            "estimated_hours": 0.0}
 
 
@@ -151,7 +151,7 @@ def test_shared_points_are_declared_once():
     per_analysis = table.set_index("analysis")["runs"]
     assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 18
     # the defaults' point (3 seeds) is in all five DiffMM analyses but trained once
-    assert len(missing) == len({j.key for j in missing}) == 61
+    assert len(missing) == len({j.key for j in missing}) == 73
     assert sum(j.config.model == "diffmm" for j in missing) == 54
 
 

@@ -44,6 +44,8 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "mf": Protocol(None, {"l2": 0.1, "progress": False},
                        "item bias, L2 0.1 chosen on validation among 1e-4 ... 0.5"),
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
+        **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
+                                                      "20 validations") for model in ("vbpr", "lightgcn-m", "lattice", "bm3")},
     },
     "ml100k": {
         # the authors give no MovieLens settings: the tiktok preset's model settings, trained like the
@@ -53,6 +55,8 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "lightgcn": Protocol(None, {"progress": False}, "3 layers, 64-d, L2 1e-4, early stop after 20 validations"),
         "mf": Protocol(None, {"progress": False}, "item bias, L2 1e-4"),
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
+        **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
+                                                      "20 validations") for model in ("vbpr", "lightgcn-m", "lattice", "bm3")},
     },
 }
 
@@ -117,7 +121,8 @@ def _paper(numbers: dict) -> tuple[dict, ...]:
 
 
 # ------------------------------------------------------------------------------------ the analyses
-BASELINES = (("popularity", "Most popular"), ("mf", "MF-BPR"), ("lightgcn", "LightGCN"))
+BASELINES = (("popularity", "Most popular"), ("mf", "MF-BPR"), ("lightgcn", "LightGCN"), ("vbpr", "VBPR"),
+             ("lightgcn-m", "LGCN-M"), ("lattice", "LATTICE"), ("bm3", "BM3"))
 ABLATIONS = (("DiffMM", {}), ("w/o CL", {"cl_weight": 0.0}), ("w/o DM", {"generator": "vgae"}),
              ("w/o MSI", {"msi_weight": 0.0}))
 

@@ -34,8 +34,9 @@ STORE = Path("figures/results")
 WORK = Path("runs/reproduce")
 # Seconds per run on this project's 2-core CPU machine (2 threads), used until the store holds runs
 # of the same dataset and model to estimate from.
-DEFAULT_COST_S = {("tiktok", "diffmm"): 1500.0, ("tiktok", "lightgcn"): 430.0, ("tiktok", "mf"): 260.0,
-                  ("ml100k", "diffmm"): 900.0, ("ml100k", "lightgcn"): 370.0, ("ml100k", "mf"): 80.0}
+DEFAULT_COST_S = {("tiktok", "diffmm"): 3000.0, ("tiktok", "lightgcn"): 430.0, ("tiktok", "mf"): 260.0,
+                  ("ml100k", "diffmm"): 1200.0, ("ml100k", "lightgcn"): 370.0, ("ml100k", "mf"): 80.0,
+                  **{(d, m): 600.0 for d in ("tiktok", "ml100k") for m in ("vbpr", "lightgcn-m", "lattice", "bm3")}}
 
 
 @dataclass

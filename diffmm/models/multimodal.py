@@ -82,13 +82,13 @@ def knn_propagate(neighbours: torch.Tensor, weights: torch.Tensor, x: torch.Tens
     return torch.einsum("nk,nkd->nd", weights, x[neighbours])
 
 
-def knn_adjacency(neighbours: torch.Tensor, weights: torch.Tensor, device) -> Adjacency:
-    """A fixed kNN graph as a CSR :class:`Adjacency` (fast ``A @ X`` with autograd on X)."""
+def knn_csr(neighbours: torch.Tensor, weights: torch.Tensor) -> sp.csr_matrix:
+    """A kNN graph, fixed, as an (n, n) scipy CSR matrix (for :class:`Adjacency`: fast ``A @ X``)."""
     n, k = neighbours.shape
-    matrix = sp.csr_matrix((weights.detach().cpu().numpy().ravel(), neighbours.cpu().numpy().ravel(),
-                            np.arange(0, n * k + 1, k)), shape=(n, n))
+    data, columns = (np.array(t.detach().cpu().numpy().ravel()) for t in (weights, neighbours))  # copies: sorted below
+    matrix = sp.csr_matrix((data, columns, np.arange(0, n * k + 1, k)), shape=(n, n))
     matrix.sort_indices()
-    return Adjacency(matrix, device)
+    return matrix
 
 
 # ------------------------------------------------------------------------ VBPR
@@ -143,8 +143,8 @@ class VBPR(Recommender):
         theta_i, bias = self.item_side(items)
         u = torch.cat([self.user_factors[users], self.user_feature_factors[users]], 1).repeat(2, 1)  # (2B, K + K')
         i = torch.cat([self.item_factors[items], theta_i], 1)  # (2B, K + K')
-        pos, neg = ((u * i).sum(-1) + bias).chunk(2)  # VBPR's predictor x_ui (alpha, beta_u cancel)
-        rec = bpr(pos, neg)  # BPR-OPT: -ln sigma(x_ui - x_uj)
+        pos, neg = ((u * i).sum(-1) + bias).chunk(2)  # x_ui of Sec. 'Preference Predictor' (alpha, beta_u cancel)
+        rec = bpr(pos, neg)  # BPR-OPT, Sec. 'Model Learning Using BPR': -ln sigma(x_ui - x_uj)
         reg = 0.5 * (self.user_factors[users].square().sum() + self.user_feature_factors[users].square().sum()
                      + self.item_factors[items].square().sum() + self.item_bias[items].square().sum()) / len(users)
         out = {"loss": rec + self.config.l2 * reg, "bpr": rec, "l2": reg}
@@ -222,18 +222,18 @@ class LATTICE(Recommender):
     def __init__(self, dataset: RecDataset, config: LATTICEConfig | None = None):
         super().__init__(dataset)
         self.config = cfg = config or LATTICEConfig()
+        self.modalities = register_features(self, dataset)
         if cfg.knn_k > self.n_items:
             raise ValueError(f"LATTICEConfig.knn_k = {cfg.knn_k} exceeds the {self.n_items} items of "
                              f"'{dataset.name}': set --knn_k to at most {self.n_items}")
-        self.modalities = register_features(self, dataset)
         self._train = dataset.train
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, cfg.dim)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, cfg.dim)))
         self.projections = nn.ModuleDict({m: nn.Linear(f.shape[1], cfg.feature_dim)
                                           for m, f in dataset.item_features.items()})  # W^m, b^m
         self.modality_logits = nn.Parameter(torch.zeros(len(self.modalities)))  # softmax -> alpha_m, equal at first
-        self._rebuild = True  # recompute the learned graphs at the next step
-        self._learned: tuple | None = None  # (alpha, {m: (neighbours, weights)}), detached, for the epoch
+        self._rebuild = True  # recompute the learned graphs at the next training step
+        self._epoch_graph: sp.csr_matrix | None = None  # A as last rebuilt in training, fixed for the epoch
 
     @property
     def adjacency(self) -> Adjacency:
@@ -243,7 +243,7 @@ class LATTICE(Recommender):
         """S~^m: the normalised kNN graph of modality m's raw features (fixed)."""
         def build(device):
             neighbours, similarity = knn_graph(getattr(self, f"raw_{m}"), self.config.knn_k, self.config.knn_chunk_rows)
-            return knn_adjacency(neighbours, normalize_knn(neighbours, similarity), device)
+            return Adjacency(knn_csr(neighbours, normalize_knn(neighbours, similarity)), device)
 
         return self.on_device(f"initial/{m}", build)
 
@@ -261,17 +261,25 @@ class LATTICE(Recommender):
         return {}
 
     def item_graph_embeddings(self, rebuild: bool = True) -> torch.Tensor:
-        """h = A^L e_item, A = sum_m alpha_m (lambda S~^m + (1 - lambda) A^m_learned); (I, d)."""
-        if rebuild or self._learned is None:
-            alpha, learned = torch.softmax(self.modality_logits, 0), self.learned_graphs()
-        else:
-            alpha, learned = self._learned
-        if torch.is_grad_enabled():  # a training step keeps the graphs (detached) for the rest of the epoch
-            self._learned = (alpha.detach(), {m: (n, w.detach()) for m, (n, w) in learned.items()})
+        """h = A^L e_item, A = sum_m alpha_m (lambda S~^m + (1 - lambda) A^m_learned); (I, d).
+
+        With ``rebuild`` False, A is the graph of the last training step that rebuilt it, as one
+        fixed sparse matrix: no gradient reaches alpha or the projections (the authors' detach).
+        """
         lam, h = self.config.skip_weight, self.item_embedding
+        if not rebuild and self._epoch_graph is not None:
+            graph = self.on_device("epoch/graph", lambda device: Adjacency(self._epoch_graph, device))
+            for _ in range(self.config.item_layers):
+                h = graph @ h
+            return h
+        alpha, learned = torch.softmax(self.modality_logits, 0), self.learned_graphs()
         for _ in range(self.config.item_layers):
             h = sum(alpha[k] * (lam * (self.initial_graph(m) @ h) + (1 - lam) * knn_propagate(*learned[m], h))
                     for k, m in enumerate(self.modalities))  # skip connection, then the alpha-mix
+        if torch.is_grad_enabled():  # a training step: the epoch's other steps reuse this A
+            self._epoch_graph = sum(a * (lam * self.initial_graph(m).scipy + (1 - lam) * knn_csr(*learned[m]))
+                                    for a, m in zip(alpha.tolist(), self.modalities))
+            self.forget("epoch/")
         return h
 
     def embeddings(self, rebuild: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,8 +308,8 @@ class LATTICE(Recommender):
 class BM3(Recommender):
     """BM3 (Zhou et al., WWW 2023): bootstrapped latent views, no negative sampling.
 
-    Sec. 3.1: h_m = f^m W_m + b_m per modality; ids through LightGCN, h_u = mean_l H^l_u and
-    h_i = mean_l H^l_i + H^0_i. Sec. 3.2: online views h~ = f_p(h) by one shared linear predictor
+    Sec. 3.1: h_m = f^m W_m + b_m per modality (Eq. 1); ids through LightGCN, h_u = mean_l H^l_u and
+    h_i = mean_l H^l_i + H^0_i (Eq. 2-3). Sec. 3.2: online views h~ = f_p(h) by one shared linear predictor
     f_p; target views h. = dropout_p(sg(h)). With C(a, b) = 1 - cos(a, b):
     L_rec = C(h~_u, h._i) + C(h._u, h~_i) over the batch's interactions (u, i);
     L_align = sum_m C(h~_m,i, h._i) (inter-modality); L_mask = sum_m C(h~_m,i, h._m,i) (intra-modality);
@@ -338,7 +346,7 @@ class BM3(Recommender):
         return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
 
     def online_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """h_u (U, d) and h_i (I, d): the LightGCN readout, plus the item's own id embedding (Sec. 3.1)."""
+        """h_u (U, d) and h_i (I, d): the LightGCN readout, plus the item's own id embedding (Eq. 3)."""
         total = layer_mean(self.adjacency, torch.cat([self.user_embedding, self.item_embedding]), self.config.layers)
         return total[: self.n_users], total[self.n_users:] + self.item_embedding
 
@@ -356,7 +364,7 @@ class BM3(Recommender):
         rec = c(self.predictor(h_u), target_i) + c(target_u, self.predictor(h_i))  # L_rec
         align = mask = 0.0
         for m in self.modalities:
-            h_m = self.projections[m](getattr(self, f"raw_{m}")[positives])  # (B, d): h_m of the batch's items
+            h_m = self.projections[m](getattr(self, f"raw_{m}")[positives])  # (B, d): Eq. 1 for the batch's items
             online_m = self.predictor(h_m)
             align = align + c(online_m, target_i)  # L_align: modality m vs the item's id view
             mask = mask + c(online_m, self.target(h_m))  # L_mask: modality m vs its own dropped-out view
