@@ -61,6 +61,8 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
         t = have.sort_values(field)
         if t.empty:
             return "No runs stored yet."
+        if len(t) == 1:
+            return f"Only {field} = {t[field].iloc[0]:g} has runs so far: Recall@20 {t[m].iloc[0]:.4f}."
         best = t.loc[t[m].idxmax()]
         ends = f"{t[m].iloc[0]:.4f} at {field} = {t[field].iloc[0]:g} and {t[m].iloc[-1]:.4f} at {t[field].iloc[-1]:g}"
         late = t[f"late {m}"]
@@ -71,6 +73,8 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
     if analysis.kind == "heatmap":
         if have.empty:
             return "No runs stored yet."
+        if len(have) == 1:
+            return f"Only {have['label'].iloc[0]} has runs so far: Recall@20 {have[m].iloc[0]:.4f}."
         best = have.loc[have[m].idxmax()]
         worst = have.loc[have[m].idxmin()]
         paper = pd.DataFrame(analysis.paper)
