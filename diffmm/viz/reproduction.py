@@ -65,6 +65,10 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
                                           for i in grid.index], index=grid.index, columns=grid.columns)
                 sns.heatmap(grid, annot=annot, fmt="", cmap="viridis", vmin=vmin, vmax=vmax, ax=axes[row, col],
                             cbar=col == 1, annot_kws={"fontsize": 8}, linewidths=0.5)
+                for (i, j) in zip(*np.nonzero(grid.isna().to_numpy())):  # seaborn leaves empty cells blank
+                    axes[row, col].text(j + 0.5, i + 0.5, "no runs yet", ha="center", va="center", fontsize=8,
+                                        color="0.5")
+                axes[row, col].grid(False)
                 axes[row, col].set_title(f"{NAMES[m]}: {title}")
                 axes[row, col].set_xlabel(NAMES.get(tx, tx))
                 axes[row, col].set_ylabel(NAMES.get(ty, ty))
