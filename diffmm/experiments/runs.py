@@ -9,8 +9,8 @@ Layout of a run directory::
     topk_test.csv      each test user's top-K list (user, rank, item, score) from the best checkpoint
     best.pt, last.pt   best-validation weights; resumable last state
 
-``sweep`` runs a grid of configs and caches each under a directory named by the hash of what
-determines it, so re-running a notebook only trains what is missing.
+Grids of runs over the paper's analyses, cached by configuration, are :mod:`diffmm.experiments.reproduce`'s
+job (one record per run in the results store).
 """
 
 from __future__ import annotations
@@ -190,37 +190,3 @@ def _late_average(history_csv: Path, metrics: Sequence[str], first_epoch: int) -
                              f"(the run has {int(history['epoch'].max())} epochs; test metrics are recorded at each validation)")
         row[f"mean test {m} (epochs >= {first_epoch})"] = float(values.mean())
     return row
-
-
-def sweep(dataset: RecDataset, configs: dict[str, RunConfig], root: str | Path,
-          metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
-    """Run each named config (skipping those already finished under ``root``) and tabulate them.
-
-    Returns one row per config: its name, key, best epoch, wall time, and valid/test metrics.
-    """
-    rows = []
-    for name, config in configs.items():
-        out = Path(root) / f"{config.model}-{config_key(dataset, config)}"
-        if not (out / "metrics.json").exists():
-            run(dataset, config, out)
-        found = run_dir_results(out)
-        row = {"name": name, "key": out.name, "best_epoch": found["best_epoch"], "wall_s": found["wall_s"]}
-        for split in ("valid", "test"):
-            row.update({f"{split}_{m}": found[split].get(m) for m in metrics})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def grid(dataset: RecDataset, root: str | Path, model: str = "diffmm", preset: str | None = None,
-         base: dict[str, Any] | None = None, metrics: Sequence[str] = ("recall@20", "ndcg@20"),
-         **values: Sequence) -> pd.DataFrame:
-    """:func:`sweep` over every combination of the given config fields (e.g. ``temperature=[0.1, 0.5],
-    cl_weight=[1e-3, 1e-2]``) on top of ``base`` overrides; one row per run, one column per field.
-
-    Runs are cached under ``root`` by their full configuration, so a point shared by several grids
-    (e.g. the default configuration) is trained once.
-    """
-    points = pd.MultiIndex.from_product(list(values.values()), names=list(values)).to_frame(index=False)
-    configs = {", ".join(f"{k}={v}" for k, v in point.items()): build_run_config(model, preset, {**(base or {}), **point})
-               for point in points.to_dict("records")}
-    return pd.concat([points, sweep(dataset, configs, root, metrics=metrics)], axis=1)
