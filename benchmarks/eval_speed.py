@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from diffmm import datasets
+from diffmm.data import registry as datasets
 from diffmm.evaluate import evaluate
 from diffmm.models import build_model
 

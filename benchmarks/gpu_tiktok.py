@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from diffmm import datasets
+from diffmm.data import registry as datasets
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.models import DiffMM
 from diffmm.train import Callback, Trainer

@@ -1,7 +1,7 @@
 """Configs are data: dataclasses validated on construction, serialisable, with paper presets.
 
 ``TrainConfig`` drives the :class:`~diffmm.train.Trainer`; each model has its own config.
-``RunConfig`` bundles the two plus the model name, and is what the CLI writes to a run directory.
+:class:`diffmm.experiments.runs.RunConfig` bundles the two with the model's registered name.
 """
 
 from __future__ import annotations
@@ -197,39 +197,6 @@ class BM3Config(ConfigBase):
             raise ValueError(f"BM3Config.l2 and alignment_weight must be >= 0, got {self.l2}, {self.alignment_weight}")
 
 
-@dataclass
-class RunConfig(ConfigBase):
-    """Everything that determines a run: model name, its config, and the training config."""
-
-    model: str = "lightgcn"
-    model_config: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-
-    def save(self, path: str | Path, run_id: str | None = None) -> None:
-        from diffmm.utils import atomic_write_text
-
-        values = {**({"run_id": run_id} if run_id else {}), **self.to_dict()}
-        atomic_write_text(path, json.dumps(values, indent=2, default=list))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                values = yaml.safe_load(text)
-            else:
-                values = json.loads(text)
-            if not isinstance(values, dict):
-                raise ValueError(f"expected an object with 'model', 'model_config', 'train', got {type(values).__name__}")
-            values.pop("run_id", None)  # which run wrote it, not part of the config
-            return cls.from_dict(values)
-        except Exception as error:  # the JSON / YAML parser's or from_dict's message, with the file named
-            raise ValueError(f"{path}: {error}") from None
-
-
 def parse_value(text: str, current: Any, optional: bool = False) -> Any:
     """Parse a CLI string into the type of the field's current value ('none' / 'null' for an optional field)."""
     if optional and text.strip().lower() in ("none", "null"):
@@ -273,6 +240,10 @@ class DiffMMConfig(ConfigBase):
     omega: float = 0.5  # weight of Norm(H_0) in Eq. 23 (authors' ris_lambda)
     generated_graph_weight: float = 0.2  # weight of the A^m term in Eq. 20 (authors' ris_adj_lambda)
     keep_rate: float = 0.5  # edge keep rate of the dropout applied to each A^m every epoch
+    eval_graph: str = "dropped"  # A^m at evaluation: 'dropped' (the epoch's edge-dropped A^m, as the authors) or
+    # 'full' (the undropped A^m, the dropout's expectation: evaluation does not depend on a random draw)
+    modality_order: tuple[str, ...] = ()  # modalities in this order first (others after, in the dataset's order);
+    # the order of concatenation and of Eq. 18's anchor; () = the dataset's order (sorted file names)
     l2: float = 1e-4  # lambda2: L2 on user and item id embeddings (Eq. 26)
     # cross-modal contrastive learning (Sec. 2.3.2)
     cl_weight: float = 1e-2  # lambda1 (0 disables contrastive learning: the 'w/o CL' ablation)
@@ -299,7 +270,7 @@ class DiffMMConfig(ConfigBase):
     def validate(self):
         _positive(self, "dim", "steps", "rebuild_k", "generator_batch_size", "temperature")
         choices = {"projection": ("linear", "leaky"), "cl_anchor": ("modality", "main"),
-                   "generator": ("diffusion", "vgae"), "precision": ("fp32", "bf16")}
+                   "generator": ("diffusion", "vgae"), "precision": ("fp32", "bf16"), "eval_graph": ("dropped", "full")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DiffMMConfig.{name} must be one of {allowed}, got '{getattr(self, name)}'")
@@ -311,13 +282,19 @@ class DiffMMConfig(ConfigBase):
         if not 0 <= self.forward_steps <= self.steps:
             raise ValueError(f"DiffMMConfig.forward_steps must be in [0, steps={self.steps}]")
         self.denoiser_hidden = tuple(int(h) for h in self.denoiser_hidden)
+        self.modality_order = tuple(str(m) for m in self.modality_order)
+        if len(set(self.modality_order)) != len(self.modality_order):
+            raise ValueError(f"DiffMMConfig.modality_order names a modality twice: {self.modality_order}")
 
-    # The authors' README commands, on top of their Params.py defaults.
+    # The authors' README commands, on top of their Params.py defaults, and their modality order (image,
+    # text, audio). TikTok keeps the dataset's order (audio, image): with two modalities and the 'main'
+    # anchor the order only decides which random numbers initialise which modality, and the stored TikTok
+    # runs were trained so.
     PRESETS: ClassVar[dict[str, dict]] = {
         "tiktok": dict(l2=1e-4, cl_weight=1e-2, projection="linear", msi_weight=0.1, cl_anchor="main"),
-        "baby": dict(l2=1e-5, cl_weight=1e-1, keep_rate=1.0, msi_weight=0.01),
+        "baby": dict(l2=1e-5, cl_weight=1e-1, keep_rate=1.0, msi_weight=0.01, modality_order=("image", "text")),
         "sports": dict(l2=1e-6, cl_weight=1e-2, temperature=0.1, omega=0.1, msi_weight=0.5, keep_rate=1.0,
-                       projection="linear"),
+                       projection="linear", modality_order=("image", "text")),
     }
     # Training settings that go with each preset (the authors: batch 1024, lr 1e-3, a fixed 50 epochs).
     TRAIN_PRESETS: ClassVar[dict[str, dict]] = {

@@ -23,6 +23,6 @@ def tiktok(shared_datasets):
 
 @pytest.fixture(scope="session")
 def ml100k(shared_datasets):
-    from diffmm import datasets
+    from diffmm.data import registry as datasets
 
     return datasets.load(shared_datasets / "ml100k")

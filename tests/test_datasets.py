@@ -18,7 +18,7 @@ from diffmm import datasets as D
 from diffmm.data import RecDataset, write_diffmm_dir
 from diffmm.data.card import activity_distribution, dataset_card
 from diffmm.data.dataset import DataError
-from diffmm.datasets import ChecksumError, DatasetUnavailableError
+from diffmm.data.registry import ChecksumError, DatasetUnavailableError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 ML100K = [f.name for f in D.DATASETS["ml100k"].files]

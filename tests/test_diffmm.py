@@ -19,7 +19,7 @@ from torch import nn
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
 from diffmm.data.synthetic import make_synthetic
-from diffmm.graph import Adjacency, SparseRows
+from diffmm.graph import Adjacency, SparseRows, edge_dropout
 from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.models.diffmm import DiffMM
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext
@@ -539,3 +539,39 @@ def test_ablations_end_to_end_on_ml100k(ml100k, overrides):
     for split in (result.valid, result.test):
         assert split and all(math.isfinite(v) for v in split.values())
     assert result.test["recall@20"] > 0  # far above zero even after 2 epochs
+
+
+def test_full_evaluation_graph_is_the_dropouts_expectation_and_does_not_depend_on_the_draw(synthetic):
+    scores = {}
+    for eval_graph in ("dropped", "full"):
+        for draw in (0, 1):
+            torch.manual_seed(0)
+            model = DiffMM(synthetic, DiffMMConfig(**{**SMALL, "rebuild_k": 3, "eval_graph": eval_graph}))
+            model.generated = model.generate_graphs()
+            torch.manual_seed(draw)  # another edge-dropout draw of the same A^m
+            rng = np.random.default_rng(draw)
+            model._set_graphs({m: edge_dropout(model._normalized(g), 0.5, rng) for m, g in model.generated.items()},
+                              None)
+            model.eval()
+            dense = model.generated_adjacency("image").matrix.to_dense().numpy()
+            expected = dense_sym_norm_with_self_loops(model.generated["image"].toarray())
+            if eval_graph == "full":
+                np.testing.assert_allclose(dense, expected, rtol=1e-6, atol=1e-7)
+            model.train()  # training always propagates over the dropped A^m
+            np.testing.assert_array_equal(model.generated_adjacency("image").matrix.to_dense().numpy(),
+                                          model._generated_scipy["image"].toarray())
+            scores[eval_graph, draw] = model.scorer()(torch.arange(5))
+    assert torch.equal(scores["full", 0], scores["full", 1])
+    assert not torch.allclose(scores["dropped", 0], scores["dropped", 1])
+
+
+def test_modality_order_puts_the_listed_modalities_first():
+    data = make_synthetic(n_users=30, n_items=20, modalities={"audio": (4, 1.0), "image": (6, 1.0), "text": (5, 1.0)},
+                          mean_activity=4, seed=0)
+    assert DiffMM(data, DiffMMConfig(**SMALL)).modalities == ["audio", "image", "text"]
+    model = DiffMM(data, DiffMMConfig(**SMALL, modality_order=("image", "text", "video")))
+    assert model.modalities == ["image", "text", "audio"]  # unknown names skipped, the rest after
+    assert list(model.projections) == list(model.generators) == model.modalities
+    assert DiffMMConfig.preset("baby").modality_order == ("image", "text")
+    with pytest.raises(ValueError, match="names a modality twice"):
+        DiffMMConfig(modality_order=("image", "image"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffmm.config import RunConfig
+from diffmm.experiments.runs import RunConfig
 from diffmm.experiments.store import load_records
 
 STORE = Path(__file__).resolve().parents[1] / "figures" / "results"
@@ -27,7 +27,8 @@ def test_the_first_epochs_of_a_stored_tiktok_run_are_reproduced(tiktok, tmp_path
         pytest.skip("no CPU DiffMM run of TikTok in the store yet")
     record = min(stored, key=lambda r: (r["seed"], r["key"]))
     config = RunConfig.from_dict(record["config"])
-    config.train.update(epochs=EPOCHS, threads=record["threads"], progress=False, device="cpu")
+    config = config.replace(train=config.train.replace(epochs=EPOCHS, threads=record["threads"], progress=False,
+                                                       device="cpu"))
     result, _ = run(tiktok, config, tmp_path)
     for column in ("valid_recall@20", "valid_ndcg@20", "test_recall@20", "test_ndcg@20"):
         again = result.history[column].to_numpy()

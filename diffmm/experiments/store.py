@@ -28,8 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from diffmm.config import RunConfig, TrainConfig
-from diffmm.models import MODELS
+from diffmm.experiments.runs import RunConfig
 
 # settings that change where or how fast a run goes, not what it computes
 RUNTIME_SETTINGS = ("device", "threads", "progress", "eval_batch_size")
@@ -39,11 +38,11 @@ RECORD_VERSION = 1
 
 
 def normalized(config: RunConfig) -> dict:
-    """The config through the current dataclasses (fields added later take their defaults), without
-    :data:`RUNTIME_SETTINGS`: what :func:`run_key` hashes."""
-    config_cls, _ = MODELS[config.model]
-    train = {k: v for k, v in TrainConfig.from_dict(config.train).to_dict().items() if k not in RUNTIME_SETTINGS}
-    return {"model": config.model, "model_config": config_cls.from_dict(config.model_config).to_dict(), "train": train}
+    """The config (typed: fields added later hold their defaults) without :data:`RUNTIME_SETTINGS`: what
+    :func:`run_key` hashes."""
+    values = config.to_dict()
+    values["train"] = {k: v for k, v in values["train"].items() if k not in RUNTIME_SETTINGS}
+    return values
 
 
 def run_key(dataset: str, config: RunConfig) -> str:
@@ -127,7 +126,7 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int) -
         "data": {"fingerprint": data_fingerprint(dataset), "users": dataset.n_users, "items": dataset.n_items,
                  "train": int(dataset.train.nnz), "modalities": sorted(dataset.item_features)},
         "model": config.model,
-        "seed": TrainConfig.from_dict(config.train).seed,
+        "seed": config.train.seed,
         "config": config.to_dict(),
         "code": code_version(),
         "device": device, "threads": threads,

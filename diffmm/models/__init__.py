@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from diffmm.config import (BM3Config, DiffMMConfig, LATTICEConfig, LightGCNConfig, LightGCNMConfig, MFConfig,
                            PopularityConfig, VBPRConfig)
 from diffmm.models.base import Recommender
@@ -22,8 +24,13 @@ MODELS: dict[str, tuple[type, type]] = {
 }
 
 
-def build_model(name: str, dataset, config=None) -> Recommender:
-    """Instantiate a registered model; ``config`` may be a config object, a dict, or None (defaults)."""
+def build_model(name: str, dataset, config=None, seed: int | None = None) -> Recommender:
+    """Instantiate a registered model; ``config`` may be a config object, a dict, or None (defaults).
+
+    With a ``seed``, the initial weights are drawn from torch's generator seeded with it inside
+    ``torch.random.fork_rng``: they depend on the seed alone, and the caller's random streams are left
+    as they were (the :class:`~diffmm.train.Trainer` seeds the training's streams itself).
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; available: {sorted(MODELS)}")
     config_cls, model_cls = MODELS[name]
@@ -31,7 +38,11 @@ def build_model(name: str, dataset, config=None) -> Recommender:
         config = config_cls()
     elif isinstance(config, dict):
         config = config_cls.from_dict(config)
-    return model_cls(dataset, config)
+    if seed is None:
+        return model_cls(dataset, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_cls(dataset, config)
 
 
 __all__ = ["MODELS", "build_model", "Recommender", "DiffMM", "MF", "LightGCN", "Popularity", "VBPR", "LightGCNM",

@@ -44,17 +44,19 @@ class DiffMM(Recommender):
         if cfg.rebuild_k > dataset.n_items:
             raise ValueError(f"DiffMMConfig.rebuild_k = {cfg.rebuild_k} exceeds the {dataset.n_items} items of "
                              f"'{dataset.name}': set --rebuild_k to at most {dataset.n_items}")
-        self.modalities = list(dataset.item_features)
+        listed = [m for m in cfg.modality_order if m in dataset.item_features]
+        self.modalities = listed + [m for m in dataset.item_features if m not in listed]
         self._train = dataset.train
         d = cfg.dim
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))  # E^u
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))  # e^i
-        for m, feats in dataset.item_features.items():
+        features = {m: dataset.item_features[m] for m in self.modalities}
+        for m, feats in features.items():
             self.register_buffer(f"raw_{m}", torch.from_numpy(np.asarray(feats, dtype=np.float32)), persistent=False)
         # Trans(.) of Eq. 15, one per modality
         self.projections = nn.ModuleDict({
             m: nn.Linear(f.shape[1], d) if cfg.projection == "linear" else nn.Linear(f.shape[1], d, bias=False)
-            for m, f in dataset.item_features.items()})
+            for m, f in features.items()})
         if cfg.projection == "leaky":
             for proj in self.projections.values():
                 nn.init.xavier_uniform_(proj.weight)
@@ -82,6 +84,10 @@ class DiffMM(Recommender):
         return self.on_device("graph", lambda device: Adjacency(self._graph_scipy, device, symmetric=True))
 
     def generated_adjacency(self, m: str) -> Adjacency:
+        """The normalised A^m: edge-dropped, or undropped at evaluation when ``eval_graph`` is 'full'."""
+        if not self.training and self.config.eval_graph == "full":
+            return self.on_device(f"generated/full/{m}",
+                                  lambda device: Adjacency(self._normalized(self.generated[m]), device))
         return self.on_device(f"generated/{m}", lambda device: Adjacency(self._generated_scipy[m], device))
 
     def view_adjacency(self, m: str) -> Adjacency:
