@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 
 from diffmm.cli import main as cli
 from diffmm.experiments import analyses as declared
-from diffmm.experiments import reproduce
+from diffmm.experiments import reproduce, tables
 from diffmm.experiments.store import RecordError, load_records, read_record, run_key
 from diffmm.train import Callback
 
@@ -51,7 +52,7 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
     analyses = declared.quick_analyses()
     assert {a.name for a in analyses.values()} == {
         "table2_comparison", "fig2_sparsity", "table3_ablation", "table4_tau_lambda1", "fig3a_lambda0",
-        "fig3b_omega", "fig4_fusion_ratio"}
+        "fig3b_omega", "fig4_fusion_ratio", "search_mf_l2", "search_vbpr_l2"}
     for analysis in analyses.values():
         for suffix in (".png", ".pdf", ".html", ".csv"):
             path = full / "figures" / declared.QUICK_DATA / f"{analysis.name}{suffix}"
@@ -63,12 +64,13 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
         else:
             assert list(table["label"]) == [p.label for p in analysis.points]
             assert (table["seeds"] == 1).all() and table["recall@20 mean"].between(0, 1).all()
-    # shared points are one run: 8 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points
+    # shared points are one run: 8 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points, and the
+    # 4 + 4 L2 values of the MF and VBPR searches that Table 2 does not use
     records = load_records(full / "store")
-    assert len(records) == 32
+    assert len(records) == 40
     capsys.readouterr()
     assert quick(full, "--status") == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 32, "missing": 0,
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 40, "missing": 0,
                                                                            "estimated_hours": 0.0}
 
 
@@ -136,13 +138,14 @@ def test_two_worker_processes(tmp_path):
 
 def test_the_key_ignores_runtime_settings_only():
     (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
-    moved = config.replace(train={**config.train, "threads": 7, "device": "cuda", "progress": True})
+    moved = config.replace(train=config.train.replace(threads=7, device="cuda", progress=True))
     assert run_key("tiktok", moved) == run_key("tiktok", config)
     assert run_key("ml100k", config) != run_key("tiktok", config)
-    reseeded = config.replace(train={**config.train, "seed": 1})
+    reseeded = config.replace(train=config.train.replace(seed=1))
     assert run_key("tiktok", reseeded) != run_key("tiktok", config)
     # a field added to the config classes later, absent from an old record, takes its default
-    old = config.replace(model_config={k: v for k, v in config.model_config.items() if k != "view_keep_rate"})
+    old = config.replace(model_config={k: v for k, v in config.model_config.to_dict().items()
+                                       if k != "view_keep_rate"})
     assert run_key("tiktok", old) == run_key("tiktok", config)
 
 
@@ -151,8 +154,23 @@ def test_shared_points_are_declared_once():
     per_analysis = table.set_index("analysis")["runs"]
     assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 18
     # the defaults' point (3 seeds) is in all five DiffMM analyses but trained once
-    assert len(missing) == len({j.key for j in missing}) == 73
+    # 73 runs of the paper's analyses, and 8 of the MF / VBPR L2 searches not shared with Table 2
+    assert len(missing) == len({j.key for j in missing}) == 81
     assert sum(j.config.model == "diffmm" for j in missing) == 54
+
+
+def test_searched_settings_are_the_ones_the_protocols_use():
+    """Where a search is complete in the committed store, its best validation value is the protocol's."""
+    records = load_records(Path(__file__).resolve().parents[1] / "figures" / "results")
+    for analysis in (a for a in declared.ANALYSES.values() if a.split == "valid"):
+        runs = tables.run_frame(analysis, records)
+        if len(runs) < len(analysis.points):
+            continue
+        (field,) = analysis.x
+        best = runs.loc[runs["recall@20"].idxmax(), field]
+        protocol = declared.PROTOCOLS[analysis.dataset][analysis.points[0].model]
+        assert field in protocol.values, f"{analysis.id}: the protocol does not set {field}"
+        assert protocol.values[field] == pytest.approx(best), f"{analysis.id}: validation picks {field} = {best:g}"
 
 
 def test_a_malformed_record_names_the_file(tmp_path):

@@ -4,8 +4,8 @@
     table = point_table(analysis, runs)        # one row per point: mean, std, seeds; the paper's value
     groups = group_table(analysis, runs, records, edges)   # per model and user-activity group
 
-Every point is the mean over its seeds of the test metric at the validation-selected epoch; points
-without stored runs are kept (``seeds`` 0).
+Every point is the mean over its seeds of the test metric at the validation-selected epoch (of the
+validation metric, for a search: ``Analysis.split``); points without stored runs are kept (``seeds`` 0).
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def run_frame(analysis: Analysis, records: dict[str, dict]) -> pd.DataFrame:
         row = {"label": point.label, "model": point.model, **point.coords, "seed": seed, "key": record["key"],
                "best_epoch": record["best_epoch"], "epochs": record.get("epochs_run"),
                "wall_s": record.get("wall_s"), "epoch_s": record.get("epoch_s")}
+        test = analysis.split == "test"  # a search draws validation metrics: no late / optimistic test values
         for m in METRICS:
-            row[m] = record["test"].get(m)
-            row[f"late {m}"] = record["late_mean"].get(m)
-            row[f"optimistic {m}"] = record["optimistic_test"].get(m)
+            row[m] = record[analysis.split].get(m)
+            row[f"late {m}"] = record["late_mean"].get(m) if test else np.nan
+            row[f"optimistic {m}"] = record["optimistic_test"].get(m) if test else np.nan
         rows.append(row)
     columns = ["label", "model", *analysis.x, "seed", "key", "best_epoch", "epochs", "wall_s", "epoch_s",
                *[f"{p}{m}" for m in METRICS for p in ("", "late ", "optimistic ")]]

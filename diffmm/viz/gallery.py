@@ -64,6 +64,9 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
         if len(t) == 1:
             return f"Only {field} = {t[field].iloc[0]:g} has runs so far: Recall@20 {t[m].iloc[0]:.4f}."
         best = t.loc[t[m].idxmax()]
+        if analysis.split != "test":
+            return (f"Validation Recall@20 is highest at {field} = {best[field]:g} ({best[m]:.4f}); "
+                    + ", ".join(f"{v:.4f} at {x:g}" for x, v in zip(t[field], t[m])) + ".")
         ends = f"{t[m].iloc[0]:.4f} at {field} = {t[field].iloc[0]:g} and {t[m].iloc[-1]:.4f} at {t[field].iloc[-1]:g}"
         late = t[f"late {m}"]
         late_text = (f"; averaged over epochs >= 20 the points span {late.max() - late.min():.4f}"

@@ -25,14 +25,21 @@ from diffmm.experiments.tables import (EQUAL_GROUPS, METRICS, PAPER_EDGES, csv_t
 
 NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "msi_weight": "lambda0 (MSI weight)",
          "omega": "omega (weight of Norm(H_0))", "fusion_ratio": "fusion ratio rho", "temperature": "tau",
-         "cl_weight": "lambda1"}
+         "cl_weight": "lambda1", "l2": "L2 weight"}
+LOG_AXES = {"msi_weight", "l2"}  # fields whose values span orders of magnitude
+
+
+def _metric_name(analysis: Analysis, m: str) -> str:
+    return NAMES[m] if analysis.split == "test" else f"validation {NAMES[m]}"
 
 
 def _caption(analysis: Analysis, runs: pd.DataFrame) -> str:
     planned = sum(len(p.seeds or analysis.seeds) for p in analysis.points)
     partial = f" | {len(runs)} of {planned} runs stored" if len(runs) < planned else ""
     toy = "TOY SETTINGS, not a finding: " if analysis.dataset == QUICK_DATA else ""
-    return f"{toy}{analysis.dataset}: validation-selected test metrics, mean +- std over seeds{partial}"
+    what = ("validation-selected test metrics, mean +- std over seeds" if analysis.split == "test"
+            else "validation metrics of the validation-selected epoch")
+    return f"{toy}{analysis.dataset}: {what}{partial}"
 
 
 # -------------------------------------------------------------------------------- static (PNG/PDF)
@@ -97,7 +104,7 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
                 _line_panel(ax, analysis, table, runs, m)
             else:
                 _bar_panel(ax, table, runs, m)
-            ax.set_ylabel(NAMES[m])
+            ax.set_ylabel(_metric_name(analysis, m))
         _single_legend(fig, axes[0])
     fig.text(0.01, 0.005, _caption(analysis, runs), fontsize=8, color="0.3")
     if analysis.kind != "heatmap":
@@ -161,10 +168,11 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
     ax.fill_between(xs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=color, alpha=0.2,
                     label="+- std over seeds")
     late = t[f"late {m} mean"].to_numpy(float)
-    ax.plot(xs, late, "s--", color=sns.color_palette()[2], ms=4, label="mean over epochs >= 20")
+    if np.isfinite(late).any():
+        ax.plot(xs, late, "s--", color=sns.color_palette()[2], ms=4, label="mean over epochs >= 20")
     if not runs.empty:
         ax.scatter(runs[field], runs[m], color="0.15", s=10, zorder=3, label="one seed")
-    if field == "msi_weight":
+    if field in LOG_AXES:
         ax.set_xscale("log")
         ax.set_xlim(xs.min() / 1.5, xs.max() * 1.5)
     else:
@@ -236,7 +244,7 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
         height = 460
     else:
         table = point_table(analysis, runs)
-        fig = make_subplots(1, 2, subplot_titles=[NAMES[m] for m in METRICS])
+        fig = make_subplots(1, 2, subplot_titles=[_metric_name(analysis, m) for m in METRICS])
         for col, m in enumerate(METRICS, 1):
             show = col == 1
             if analysis.kind == "line":
@@ -248,11 +256,12 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
                                          customdata=t[["seeds"]],
                                          hovertemplate=f"{field} %{{x}}<br>{NAMES[m]} %{{y:.4f}} "
                                                        "(%{customdata[0]} seeds)<extra></extra>"), 1, col)
-                fig.add_trace(go.Scatter(x=t[field], y=t[f"late {m} mean"], mode="lines+markers",
-                                         name="mean over epochs >= 20", legendgroup="late", showlegend=show,
-                                         line=dict(color=palette[2], dash="dash")), 1, col)
+                if t[f"late {m} mean"].notna().any():
+                    fig.add_trace(go.Scatter(x=t[field], y=t[f"late {m} mean"], mode="lines+markers",
+                                             name="mean over epochs >= 20", legendgroup="late", showlegend=show,
+                                             line=dict(color=palette[2], dash="dash")), 1, col)
                 x_runs = runs[field] if not runs.empty else []
-                fig.update_xaxes(title_text=NAMES.get(field, field), type="log" if field == "msi_weight" else "linear",
+                fig.update_xaxes(title_text=NAMES.get(field, field), type="log" if field in LOG_AXES else "linear",
                                  row=1, col=col)
             else:
                 fig.add_trace(go.Bar(x=table["label"], y=table[f"{m} mean"], name="this toolkit (mean +- std)",
@@ -271,7 +280,7 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
                                          customdata=runs[["seed", "best_epoch"]],
                                          hovertemplate="seed %{customdata[0]}, best epoch %{customdata[1]}"
                                                        "<br>%{y:.4f}<extra></extra>"), 1, col)
-            fig.update_yaxes(title_text=NAMES[m], row=1, col=col)
+            fig.update_yaxes(title_text=_metric_name(analysis, m), row=1, col=col)
         height = 460
     fig.update_layout(title=dict(text=f"{analysis.title}<br><sup>{_caption(analysis, runs)}</sup>"),
                       height=height, template="plotly_white", margin=dict(t=90, l=60, r=30, b=60))
