@@ -6,11 +6,18 @@ timing each phase (generator training, graph generation, recommender training, e
 and (4) records peak memory. ``floor_s`` = FLOPs / matmul rate at the chosen precision (mean of the rates measured before and
 after training, in a child process: the machine may be shared).
 The last line printed is JSON, for scripts.
+
+``--sweep`` measures what a sweep of many runs gets from the machine instead: for every way of
+splitting the cores between concurrent runs (1 run x 2 threads, 2 runs x 1 thread on 2 cores), it
+trains that many runs at once in child processes and reports runs per hour of a full-length run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
 import resource
 import statistics
 import subprocess
@@ -152,9 +159,9 @@ def peak_rss_mb() -> float:
 
 
 def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs: int = 2,
-              precision: str = "fp32") -> dict:
+              precision: str = "fp32", probe: bool = True) -> dict:
     """Train ``epochs`` epochs and return the measurements (phase times are medians over epochs, on
-    CUDA over the epochs after the first)."""
+    CUDA over the epochs after the first). ``probe=False`` skips the matmul-rate probes (and the floor)."""
     from diffmm.models import DiffMM
     from diffmm.train import Trainer
     from diffmm.utils import resolve_device, seed_everything
@@ -162,6 +169,8 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     device = str(resolve_device(train.device))
 
     def rates_now() -> dict[str, float]:
+        if not probe:
+            return {"fp32": math.nan, precision: math.nan}
         return matmul_rates_in_child(device, torch.get_num_threads(), tuple(dict.fromkeys(("fp32", precision))))
 
     before = rates_now()
@@ -176,6 +185,7 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     # a CUDA run's first epoch loads kernels and creates the cuBLAS / cuSPARSE handles: not a steady epoch
     timed = h.iloc[1:] if device.startswith("cuda") and len(h) > 1 else h
     out = {name: float(timed[col].median()) for name, col in phases.items()}
+    out["run_epoch_s"] = float(timed[list(phases.values())].sum(axis=1).median())  # a run's epoch: both evaluations
     out["evaluation_s"] /= 2  # the trainer evaluates valid and test; one full-ranking pass is half
     epoch_s = out["generator_train_s"] + out["graph_generation_s"] + out["recommender_s"] + out["evaluation_s"]
     # a shared machine's speed drifts: the floor uses the mean of the rates measured before and after
@@ -217,23 +227,64 @@ def format_table(r: dict) -> str:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="time one DiffMM epoch by phase against the machine's floor")
     p.add_argument("--data", required=True, help="dataset directory or registered name")
-    p.add_argument("--preset", default="tiktok")
+    p.add_argument("--preset", default="tiktok", choices=sorted(DiffMMConfig.PRESETS))
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--sweep", action="store_true",
+                   help="runs per hour for each split of the cores between concurrent runs (CPU)")
+    p.add_argument("--run-epochs", type=int, default=50, help="--sweep: epochs of the run whose rate is reported")
+    p.add_argument("--no-probe", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd)
 
 
-def _cmd(args, extra) -> int:
-    from diffmm import datasets
+def sweep_layouts(cores: int) -> list[tuple[int, int]]:
+    """(concurrent runs, threads each) for every split of ``cores`` into equal shares."""
+    return [(jobs, cores // jobs) for jobs in range(1, cores + 1) if cores % jobs == 0]
 
+
+def run_sweep_bench(data: str, preset: str, epochs: int, run_epochs: int, cores: int | None = None) -> list[dict]:
+    """For each layout of :func:`sweep_layouts`, ``jobs`` child processes bench ``epochs`` DiffMM epochs at
+    once (``threads`` each, no probes); runs/hour = 3600 jobs / (median child epoch x ``run_epochs``)."""
+    cores = cores or os.cpu_count() or 1
+    rows = []
+    for jobs, threads in sweep_layouts(cores):
+        command = [sys.executable, "-m", "diffmm", "bench", "--data", data, "--preset", preset, "--epochs",
+                   str(epochs), "--threads", str(threads), "--device", "cpu", "--no-probe"]
+        children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
+        outputs = [child.communicate()[0] for child in children]
+        if any(child.returncode for child in children):
+            raise RuntimeError(f"bench --sweep: a child failed ({' '.join(command)})")
+        epochs_s = [json.loads(out.strip().splitlines()[-1])["run_epoch_s"] for out in outputs]
+        epoch_s = statistics.median(epochs_s)
+        rows.append({"jobs": jobs, "threads": threads, "epoch_s": epoch_s, "epochs_s": epochs_s,
+                     "runs_per_hour": 3600 * jobs / (epoch_s * run_epochs), "run_epochs": run_epochs})
+    best = max(r["runs_per_hour"] for r in rows)
+    for r in rows:
+        r["relative"] = r["runs_per_hour"] / best
+    return rows
+
+
+def _cmd(args, extra) -> int:
+    from diffmm.data import registry as datasets
+
+    if args.sweep:
+        rows = run_sweep_bench(args.data, args.preset, args.epochs, args.run_epochs)
+        for r in rows:
+            print(f"{r['jobs']} run(s) x {r['threads']} thread(s): {r['epoch_s']:.1f} s per epoch each -> "
+                  f"{r['runs_per_hour']:.2f} runs/hour of {r['run_epochs']} epochs ({r['relative']:.2f}x the best)")
+        print(json.dumps({"sweep": rows}))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = datasets.load(args.data)
-    cfg = DiffMMConfig.preset(args.preset) if args.preset in DiffMMConfig.PRESETS else DiffMMConfig()
+    cfg = DiffMMConfig.preset(args.preset)
     train = TrainConfig(**DiffMMConfig.TRAIN_PRESETS.get(args.preset, {}), device=args.device)
-    result = run_bench(dataset, cfg, train, args.epochs, args.precision)
+    result = run_bench(dataset, cfg, train, args.epochs, args.precision, probe=not args.no_probe)
+    if args.no_probe:
+        print(json.dumps(result))
+        return 0
     print(format_table(result))
     print(json.dumps(result))
     return 0

@@ -130,3 +130,22 @@ def test_fused_adam_takes_the_same_step_as_plain_adam(data):
     for p, c in zip(params, copies):
         torch.testing.assert_close(p, c, rtol=1e-5, atol=1e-6)
 
+
+
+def test_sweep_layouts_split_the_cores_evenly():
+    from diffmm.bench import sweep_layouts
+
+    assert sweep_layouts(2) == [(1, 2), (2, 1)]
+    assert sweep_layouts(6) == [(1, 6), (2, 3), (3, 2), (6, 1)]
+
+
+@pytest.mark.slow
+def test_sweep_bench_reports_runs_per_hour_from_concurrent_children():
+    from diffmm.bench import run_sweep_bench
+
+    rows = run_sweep_bench("synthetic-small", "tiktok", epochs=1, run_epochs=50, cores=2)
+    assert [(r["jobs"], r["threads"]) for r in rows] == [(1, 2), (2, 1)]
+    for r in rows:
+        assert len(r["epochs_s"]) == r["jobs"] and all(s > 0 for s in r["epochs_s"])
+        assert r["runs_per_hour"] == pytest.approx(3600 * r["jobs"] / (r["epoch_s"] * 50))
+    assert max(r["relative"] for r in rows) == 1.0
