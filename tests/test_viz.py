@@ -149,6 +149,17 @@ def test_training_curves_compares_runs():
     assert {"DiffMM: best valid epoch 2", "LightGCN: best valid epoch 1", "LightGCN: train_bpr"} <= names
 
 
+def test_count_axes_have_whole_ticks(per_user):
+    """Epochs and users are counts: no '1.5 epochs' or '2.5 users' ticks on short axes."""
+    fig = training_curves(history([0.1, 0.2]))
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis2.dtick == 1 and fig.layout.xaxis2.tickformat == "d"
+    long = training_curves(history(np.linspace(0.1, 0.3, 40)))
+    assert long.layout.xaxis2.dtick is None and long.layout.xaxis2.tickformat == "d"  # plotly's whole steps
+    fig = sparsity_figure({"a": per_user}, bins=(0, 5, 10, INF))
+    users_axis = fig.layout.yaxis2
+    assert users_axis.title.text == "users" and users_axis.dtick == 1 and users_axis.tickformat == "d"
+
+
 def test_modality_weights_flat_and_nested():
     flat = modality_weights_figure({"image": 0.7, "text": 0.3})
     assert list(flat.data[0].x) == ["image", "text"] and list(flat.data[0].y) == [0.7, 0.3]
@@ -227,10 +238,12 @@ def test_user_subgraph_caps_test_items_but_keeps_generated_hits(model, data):
 def test_subgraph_figure_draws_every_source(model, data):
     G = user_subgraph(model, data, 0)
     fig = subgraph_figure(G, item_names=[f"movie {i}" for i in range(data.n_items)])
-    lines = {t.name for t in fig.data if t.mode == "lines"}
-    assert lines == {attrs["source"] for *_, attrs in G.edges(keys=True, data=True)}
+    lines = {t.legendgroup: t.name for t in fig.data if t.mode == "lines"}
+    assert set(lines) == {attrs["source"] for *_, attrs in G.edges(keys=True, data=True)}
+    assert lines["train"] == "training item" and lines["generated:image"] == "generated (image)"
     items = [t for t in fig.data if t.name == "items"][0]
     assert len(items.x) == G.number_of_nodes() - 1 and all(s.startswith("movie ") for s in items.text)
+    assert fig.layout.width is None and fig.layout.legend.orientation == "h"  # follows the page width
 
 
 # ---------------------------------------------------------------- similarity
@@ -272,14 +285,37 @@ def test_case_study_figure(model, data):
     heat = [t for t in fig.data if isinstance(t, go.Heatmap)][0]
     items = [t for t in fig.data if t.name == "items"][0]
     assert np.array(heat.z).shape == (len(items.x), len(items.x))
-    assert "generated:text" in {t.name for t in fig.data}
-    # the heatmap lists the items in the subgraph's top-to-bottom order (ROLE_ORDER: generated, train, test)
-    column = sorted(zip(items.y, items.text), reverse=True)
-    assert list(heat.x) == [text for _, text in column]
+    assert "generated:text" in {t.legendgroup for t in fig.data}
+    # item k of the subgraph sits on heatmap row k (y = k); rows are named 'k. <label>', columns 'k'
+    order = np.argsort(items.y)
+    assert list(np.array(items.y)[order]) == list(range(len(items.y)))
+    ids = [int(items.customdata[i][0]) for i in order]
+    assert list(heat.y) == [f"{k}. item {i}" for k, i in enumerate(ids, start=1)]
+    assert list(heat.x) == [str(k) for k in range(1, len(ids) + 1)]
+    assert [row[0][0] for row in heat.customdata] == [f"item {i}" for i in ids]  # hover: full names
     G = user_subgraph(model, data, user, modality="text", max_items=4)
-    roles = [G.nodes[("item", int(label.split()[-1]))]["roles"] for label in heat.x]
+    roles = [G.nodes[("item", i)]["roles"] for i in ids]
     rank = [0 if any(r.startswith("generated") for r in rs) else 1 if "train" in rs else 2 for rs in roles]
     assert rank == sorted(rank) and {0, 1} <= set(rank)
+    np.testing.assert_allclose(heat.z, modality_similarity(data, ids, "text"))
+    # fits a narrow page: autosize width, nothing placed outside it, the user label above its marker
+    assert fig.layout.width is None and fig.layout.height <= 1000
+    assert heat.colorbar.x == 1.0 and heat.colorbar.xanchor == "left" and fig.layout.margin.r >= 60
+    user_marker = [t for t in fig.data if t.name == "user"][0]
+    assert user_marker.textposition == "middle left" and user_marker.text == (f"user {user}",)
+    assert all(len(a.text) <= 40 for a in fig.layout.annotations)  # subplot titles short enough not to collide
+
+
+def test_case_study_figure_with_titles_and_a_note(model, data):
+    import dataclasses
+
+    named = dataclasses.replace(data, item_names=[f"A rather long movie title number {i} (1995)"
+                                                  for i in range(data.n_items)])
+    fig = case_study_figure(model, named, 0, "image", max_items=3, note="brief training: 2 epochs")
+    heat = [t for t in fig.data if isinstance(t, go.Heatmap)][0]
+    assert all(len(label) <= len("99. ") + 24 for label in heat.y)  # truncated row labels
+    assert all(row[0][0].startswith("A rather long movie title number") for row in heat.customdata)
+    assert "brief training: 2 epochs" in fig.layout.title.text and "<br>" in fig.layout.title.text
 
 
 def test_case_users_rank_hits_first(model, data):
@@ -315,7 +351,18 @@ def test_denoising_frame_top_items_are_the_generated_edges(model, data):
     expected = np.isin(start["item"], data.train[user].indices).astype(float)
     np.testing.assert_allclose(start["score"], expected)
     fig = denoising_figure(frame, 0)
-    assert "reverse step 0/" in fig.layout.title.text and len(fig.data[0].y) == 5
+    assert "reverse step 0/" in fig.layout.title.text and sum(len(t.y) for t in fig.data) == 5
+    assert "step 0 is the input" in fig.layout.title.text  # step 0 explains itself
+    bars = {x: (t.name, y, text) for t in fig.data for x, y, text in zip(t.x, t.y, t.text)}
+    assert list(fig.layout.xaxis.categoryarray) == [
+        x for x in fig.layout.xaxis.categoryarray if x in bars] and len(bars) == 5  # rank order kept
+    assert all(text == f"{y:.2f}" for _, y, text in bars.values())  # a 0 score still shows its value
+    # one legend entry per role; the generated top-k items carry 'generated'
+    legend = [t.name for t in fig.data]
+    assert len(legend) == len(set(legend)) and all(t.showlegend is not False for t in fig.data)
+    assert set(legend) == {r.replace("+", " + ") for r in final["role"]}
+    last = denoising_figure(frame)
+    assert "generated edges" in last.layout.title.text and last.layout.width is None
     with pytest.raises(ValueError, match="step must be in"):
         denoising_figure(frame, T + 1)
 

@@ -55,6 +55,11 @@ def save_figure(fig: go.Figure, path: str | Path, png: bool | None = None, inclu
 
 
 # ------------------------------------------------------------------------ helpers
+def _integer_ticks(largest: float) -> dict:
+    """Axis settings for counts (epochs, users): ticks at whole numbers, never '1.5 epochs'."""
+    return {"tickformat": "d", **({"dtick": 1} if largest <= 10 else {})}  # above 10, plotly's steps are whole
+
+
 def _metric_column(table: pd.DataFrame, metric: str, split: str = "test") -> str:
     """``metric`` if the table has it, else ``<split>_<metric>`` (the sweep / history naming)."""
     for name in (metric, f"{split}_{metric}"):
@@ -123,7 +128,8 @@ def sparsity_figure(per_user_tables: Mapping[str, pd.DataFrame], bins: Sequence[
                       xaxis_title="training interactions per user", legend_title_text="model",
                       template="plotly_white")
     fig.update_yaxes(title_text=metric, secondary_y=False)
-    fig.update_yaxes(title_text="users", secondary_y=True, showgrid=False, rangemode="tozero")
+    fig.update_yaxes(title_text="users", secondary_y=True, showgrid=False, rangemode="tozero",
+                     **_integer_ticks(max(int(first[g]) for g in groups)))
     return fig
 
 
@@ -250,6 +256,7 @@ def training_curves(history: pd.DataFrame | Mapping[str, pd.DataFrame], metric: 
                                  name=f"{prefix}best valid epoch {int(best['epoch'])}"), row=2, col=1)
         fig.add_vline(x=float(best["epoch"]), line=dict(color=colour, dash="dash", width=1), row="all", col=1)
     fig.update_xaxes(title_text="epoch", row=2, col=1)
+    fig.update_xaxes(**_integer_ticks(max(float(frame["epoch"].max()) for frame in histories.values())))
     fig.update_yaxes(type="log" if log_losses else "linear", row=1, col=1)
     fig.update_yaxes(title_text=metric, row=2, col=1)
     fig.update_layout(template="plotly_white", height=650, title="training curves")
