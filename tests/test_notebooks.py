@@ -104,3 +104,20 @@ def test_03_quick_retrain_labels_its_figures_as_toys(tmp_path):
     shown = [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells for o in c.get("outputs", [])
              if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert shown and "TOY SETTINGS" in shown[0]["layout"]["title"]["text"]
+
+
+def test_05_diffusion_walkthrough(tmp_path):
+    figures = tmp_path / "figures"
+    nb = execute("05_diffusion_walkthrough.ipynb", {"DATA": "synthetic", "FIGURES_DIR": str(figures), "EPOCHS": 2,
+                                                    "SYNTHETIC": {"n_users": 200, "n_items": 150},
+                                                    "MODEL_OVERRIDES": {"dim": 16, "denoiser_hidden": (32,),
+                                                                        "rebuild_k": 3},
+                                                    "TRAIN_OVERRIDES": TINY_TRAIN})
+    assert html_names(figures) == {"05_noise_schedule", "05_forward_noising", "05_reverse_steps",
+                                   "05_msi_comparison"}
+    shown = [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells for o in c.get("outputs", [])
+             if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(shown) == 4 and all(s["data"] for s in shown)
+    titles = [s["layout"]["title"]["text"] for s in shown]
+    assert all("after 2 training epochs" in t for t in titles[2:])  # the trained panels say how briefly
+    assert all("width" not in s["layout"] for s in shown)  # every figure fills the cell, none is wider
