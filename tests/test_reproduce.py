@@ -13,6 +13,7 @@ from diffmm.experiments import analyses as declared
 from diffmm.experiments import reproduce, tables
 from diffmm.experiments.store import RecordError, load_records, read_record, run_key
 from diffmm.train import Callback
+from diffmm.viz.gallery import gallery_markdown
 
 VOLATILE = ("finished", "wall_s", "epoch_s", "code", "threads", "python", "torch")
 
@@ -68,6 +69,10 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
     # 4 + 4 L2 values of the MF and VBPR searches that Table 2 does not use
     records = load_records(full / "store")
     assert len(records) == 40
+    for record in (r for r in records.values() if r["model"] == "diffmm"):  # the case-study measures, per modality
+        generation = record["generation"]["modalities"]
+        assert set(generation) == set(record["data"]["modalities"])
+        assert all(0 <= g["seen_share"]["generated"] <= 1 for g in generation.values())
     capsys.readouterr()
     assert quick(full, "--status") == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 40, "missing": 0,
@@ -89,6 +94,11 @@ def test_render_only_draws_from_the_store(full, tmp_path):
     assert quick(tmp_path, "--render-only", "--only", "table3_ablation") == 0
     assert (tmp_path / "figures" / declared.QUICK_DATA / "table3_ablation.png").exists()
     assert not (tmp_path / "work").exists()
+    records = load_records(tmp_path / "store")
+    text = gallery_markdown(list(declared.quick_analyses().values()), records)
+    case = text[text.index("### Case study, measured"):]
+    modalities = sorted(next(r for r in records.values() if r["model"] == "diffmm")["data"]["modalities"])
+    assert [line.split(" | ")[0].strip("| ") for line in case.splitlines()[6:6 + len(modalities)]] == modalities
 
 
 class Crash(Callback):

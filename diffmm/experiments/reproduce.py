@@ -121,10 +121,14 @@ def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK,
     dataset = load_data(job.dataset, data_root)
     config = job.config.replace(train=job.config.train.replace(device=device, threads=threads, progress=False))
     out = Path(work) / job.dataset / f"{job.config.model}-{job.key}"
-    result, _ = run(dataset, config, out, resume=True, callbacks=callbacks)
+    result, model = run(dataset, config, out, resume=True, callbacks=callbacks)
     import torch
 
     record = make_record(dataset, config, result, device=str(device), threads=threads or torch.get_num_threads())
+    if isinstance(getattr(model, "generated", None), dict):  # DiffMM: what the selected epoch's A^m hold
+        from diffmm.casestudy import generation_measures
+
+        record["generation"] = generation_measures(model, dataset, seed=0)
     if store is not None:
         write_record(store, record)
     if not keep:

@@ -102,6 +102,46 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
     return ""
 
 
+def case_study_table(records: dict[str, dict], comparison: Analysis) -> pd.DataFrame:
+    """The case-study measures (:func:`diffmm.casestudy.generation_measures`) of the stored DiffMM runs of
+    the default configuration (the comparison's DiffMM point): per modality, the mean over seeds of each
+    measure for the generated edges and for the random / popular references. ``records``: by key."""
+    from diffmm.experiments.store import run_key
+
+    keys = {run_key(comparison.dataset, config) for point, _, config in comparison.runs() if point.label == "DiffMM"}
+    rows = [{"modality": m, "seed": record["seed"], "k": record["generation"]["k"],
+             **{f"{measure} {source}": value for measure in ("mean_cos", "seen_share", "hit_share")
+                for source, value in stats[measure].items()}}
+            for key, record in records.items() if key in keys
+            for m, stats in record.get("generation", {}).get("modalities", {}).items()]
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    values = [c for c in frame.columns if c not in ("modality", "seed", "k")]
+    frame[values] = frame[values].astype(float)
+    return frame.groupby("modality").agg(seeds=("seed", "size"), k=("k", "max"), **{c: (c, "mean") for c in values})
+
+
+def case_study_markdown(records: dict[str, dict], comparison: Analysis) -> list[str]:
+    """The gallery's case-study lines for the comparison's dataset (none when no stored run has the measures)."""
+    table = case_study_table(records, comparison)
+    if table.empty:
+        return []
+    lines = ["### Case study, measured (the paper's Fig. 5 over all users)", "",
+             f"What each modality's generated graph A^m holds at the selected epoch (k = {int(table['k'].max())} edges "
+             "per user), mean over "
+             f"{int(table['seeds'].max())} seed(s) of the default DiffMM run "
+             "(`diffmm.casestudy.generation_measures`; notebook 04 explains each measure):", "",
+             "| modality | cosine to history: generated / new only / random / popular | already in training | "
+             "test hits: generated / random / popular |", "|---|---|---|---|"]
+    for m, row in table.iterrows():
+        cos = " / ".join("n/a" if pd.isna(row.get(f"mean_cos {s}")) else f"{row[f'mean_cos {s}']:.3f}"
+                         for s in ("generated", "generated_new", "random", "popular"))
+        hits = " / ".join(f"{row[f'hit_share {s}']:.4f}" for s in ("generated", "random", "popular"))
+        lines.append(f"| {m} | {cos} | {row['seen_share generated']:.1%} | {hits} |")
+    return lines + [""]
+
+
 def gallery_markdown(analyses: Sequence[Analysis], records: dict[str, dict]) -> str:
     """The text of ``figures/README.md`` for these analyses."""
     lines = ["# Figures: the paper's analyses, reproduced", "",
@@ -129,4 +169,6 @@ def gallery_markdown(analyses: Sequence[Analysis], records: dict[str, dict]) -> 
             lines += [f"**Measured here:** {finding(analysis, runs, records)}", ""]
             if analysis.note:
                 lines += [f"*Setting:* {analysis.note}.", ""]
+        lines += [line for a in analyses if a.dataset == dataset and a.name == "table2_comparison"
+                  for line in case_study_markdown(records, a)]
     return "\n".join(lines).rstrip() + "\n"
