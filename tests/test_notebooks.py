@@ -57,9 +57,9 @@ def test_kernel_is_this_interpreter():
 
 def test_01_train_diffmm(tmp_path):
     figures = tmp_path / "figures"
-    execute("01_train_diffmm.ipynb", {"FIGURES_DIR": str(figures), "RUN_DIR": str(tmp_path / "runs"), "EPOCHS": 2,
+    execute("01_train_diffmm.ipynb", {"FIGURES_DIR": str(figures), "RUN_DIR": str(tmp_path / "runs"), "EPOCHS": 2, "DATA": "synthetic",
                                       "SYNTHETIC": {"n_users": 200, "n_items": 150}, "TRAIN_OVERRIDES": TINY_TRAIN})
-    assert html_names(figures) >= {"01_training_curves_diffmm", "01_training_curves_vs_lightgcn",
+    assert html_names(figures) >= {"01_tiktok_stored_curves", "01_training_curves_diffmm", "01_training_curves_vs_lightgcn",
                                    "01_modality_weights"}
     assert (figures / "01_metrics.csv").read_text().count("\n") == 4  # header + DiffMM, LightGCN, optimistic
     assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 2
