@@ -68,3 +68,33 @@ def test_no_module_is_over_400_lines():
     long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"modules over 400 lines (split them by concern): {long}"
+
+
+def _repeated_blocks(package: Path, size: int = 6) -> list[str]:
+    """Runs of ``size`` non-blank lines (compared with indentation stripped) that occur twice in ``package``;
+    a run of import lines only is not counted (modules importing the same names is no repetition)."""
+    seen: dict[tuple[str, ...], str] = {}
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        numbered = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        for start in range(len(numbered) - size + 1):
+            window = tuple(text for _, text in numbered[start:start + size])
+            if all(text.startswith(("import ", "from ")) for text in window):
+                continue
+            where = f"{path.relative_to(package.parent)}:{numbered[start][0]}"
+            if window in seen:
+                found.append(f"{where} repeats {seen[window]}")
+            seen.setdefault(window, where)
+    return found
+
+
+def test_no_block_of_six_lines_is_repeated():
+    assert _repeated_blocks(PACKAGE) == []
+
+
+def test_a_planted_repeat_is_found(tmp_path):
+    block = "".join(f"x{i} = {i}\n" for i in range(6))
+    (tmp_path / "diffmm").mkdir()
+    (tmp_path / "diffmm" / "a.py").write_text(block)
+    (tmp_path / "diffmm" / "b.py").write_text("y = 1\n" + block)
+    assert _repeated_blocks(tmp_path / "diffmm") == ["diffmm/b.py:2 repeats diffmm/a.py:1"]
