@@ -127,3 +127,30 @@ def csv_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]) 
     parts = [group_table(analysis, runs, records, edges).assign(grouping=name)
              for name, edges in (("paper edges", PAPER_EDGES), ("equal-size groups", EQUAL_GROUPS))]
     return pd.concat(parts, ignore_index=True)
+
+
+def display_table(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
+    """A narrow table for reading (a notebook, a README): per point, 'mean +- std' of each metric, the seeds
+    and the paper's value; for the activity groups, Recall@20 per group (rows) and model (columns)."""
+    if analysis.kind == "groups":
+        parts = [group_table(analysis, runs, records, edges).assign(grouping=name)
+                 for name, edges in (("paper edges", PAPER_EDGES), ("equal-size groups", EQUAL_GROUPS))]
+        groups = pd.concat(parts, ignore_index=True)
+        if groups.empty:
+            return groups
+        groups["group"] = groups["group"] + " (" + groups["users"].astype(str) + " users)"
+        order = list(dict.fromkeys(p.label for p in analysis.points))
+        return (groups.pivot_table(index=["grouping", "group"], columns="label", values="recall@20 mean",
+                                   sort=False).reindex(columns=[o for o in order if o in set(groups["label"])])
+                .round(4))
+    table = point_table(analysis, runs)
+    prefix = "" if analysis.split == "test" else "validation "
+    out = pd.DataFrame({"label": table["label"], "seeds": table["seeds"]})
+    for m in METRICS:
+        mean, std = table[f"{m} mean"], table[f"{m} std"]
+        out[f"{prefix}{m}"] = [("" if pd.isna(a) else f"{a:.4f}" + ("" if pd.isna(s) else f" +- {s:.4f}"))
+                               for a, s in zip(mean, std)]
+    if analysis.paper:
+        for m in METRICS:
+            out[f"paper {m}"] = table[f"paper {m}"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+    return out.set_index("label")
