@@ -221,3 +221,18 @@ def test_a_run_being_trained_by_another_sweep_is_left_to_it(tmp_path):
     assert not load_records(tmp_path / "store")
     assert reproduce.run_jobs([job], tmp_path / "store", tmp_path / "work", progress=False) == []
     assert len(load_records(tmp_path / "store")) == 1
+
+
+def test_display_tables_are_narrow_and_hold_the_means(full):
+    records = load_records(full / "store")
+    for analysis in declared.quick_analyses().values():
+        runs = tables.run_frame(analysis, records)
+        shown = tables.display_table(analysis, runs, records)
+        if analysis.kind == "groups":
+            assert list(shown.columns) == [p.label for p in analysis.points]
+            assert shown.notna().all().all()
+        else:
+            column = "recall@20" if analysis.split == "test" else "validation recall@20"
+            means = tables.point_table(analysis, runs).set_index("label")["recall@20 mean"]
+            assert [float(v.split(" ")[0]) for v in shown[column]] == pytest.approx(means.round(4).tolist())
+            assert len(shown.columns) <= 5
