@@ -53,7 +53,7 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
     analyses = declared.quick_analyses()
     assert {a.name for a in analyses.values()} == {
         "table2_comparison", "fig2_sparsity", "table3_ablation", "table4_tau_lambda1", "fig3a_lambda0",
-        "fig3b_omega", "fig4_fusion_ratio", "search_mf_l2", "search_vbpr_l2"}
+        "fig3b_omega", "fig4_fusion_ratio", "search_mf_l2", "search_vbpr_l2", "search_vbpr_projection_l2"}
     for analysis in analyses.values():
         for suffix in (".png", ".pdf", ".html", ".csv"):
             path = full / "figures" / declared.QUICK_DATA / f"{analysis.name}{suffix}"
@@ -66,16 +66,16 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
             assert list(table["label"]) == [p.label for p in analysis.points]
             assert (table["seeds"] == 1).all() and table["recall@20 mean"].between(0, 1).all()
     # shared points are one run: 8 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points, and the
-    # 4 + 4 L2 values of the MF and VBPR searches that Table 2 does not use
+    # 4 + 4 L2 values of the MF and VBPR searches that Table 2 does not use, and VBPR's 5 projection L2 values
     records = load_records(full / "store")
-    assert len(records) == 40
+    assert len(records) == 45
     for record in (r for r in records.values() if r["model"] == "diffmm"):  # the case-study measures, per modality
         generation = record["generation"]["modalities"]
         assert set(generation) == set(record["data"]["modalities"])
         assert all(0 <= g["seen_share"]["generated"] <= 1 for g in generation.values())
     capsys.readouterr()
     assert quick(full, "--status") == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 40, "missing": 0,
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 45, "missing": 0,
                                                                            "estimated_hours": 0.0}
 
 
@@ -164,8 +164,9 @@ def test_shared_points_are_declared_once():
     per_analysis = table.set_index("analysis")["runs"]
     assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 18
     # the defaults' point (3 seeds) is in all five DiffMM analyses but trained once
-    # 73 runs of the paper's analyses, and 8 of the MF / VBPR L2 searches not shared with Table 2
-    assert len(missing) == len({j.key for j in missing}) == 81
+    # 73 runs of the paper's analyses, and 13 of the searches not shared with Table 2 (MF and VBPR L2: 4
+    # values each; VBPR's projection L2: 5)
+    assert len(missing) == len({j.key for j in missing}) == 86
     assert sum(j.config.model == "diffmm" for j in missing) == 54
 
 
