@@ -46,13 +46,15 @@ class UserExplorer(widgets.VBox):
         self.user = widgets.Dropdown(
             options=[(f"{names[u]} ({u})" if names is not None else f"user {u}", int(u)) for u in users],
             description="user")
-        self.modality = widgets.ToggleButtons(options=list(model.modalities), description="modality")
+        self.modality = widgets.ToggleButtons(options=list(model.modalities), style={"button_width": "auto"},
+                                              layout=widgets.Layout(width="auto"))  # labelled in the row below
         self.step = widgets.IntSlider(value=0, min=0, max=1, description="reverse step", continuous_update=False,
                                       style={"description_width": "initial"})  # the whole label, not 'reverse st...'
         self.case_output, self.denoising_output = widgets.Output(), widgets.Output()
         self.case_figure = self.denoising_figure = None
         self.frame = None
-        controls = widgets.HBox([self.user, self.modality], layout=widgets.Layout(flex_flow="row wrap"))  # narrow pages
+        controls = widgets.HBox([self.user, widgets.Label("modality", layout=widgets.Layout(margin="0 4px 0 12px")),
+                                 self.modality], layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         super().__init__([controls, self.case_output, self.step, self.denoising_output])
         self.user.observe(self._redraw_all, names="value")
         self.modality.observe(self._redraw_all, names="value")
