@@ -162,9 +162,9 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
               precision: str = "fp32", probe: bool = True) -> dict:
     """Train ``epochs`` epochs and return the measurements (phase times are medians over epochs, on
     CUDA over the epochs after the first). ``probe=False`` skips the matmul-rate probes (and the floor)."""
-    from diffmm.models import DiffMM
+    from diffmm.models import build_model
     from diffmm.train import Trainer
-    from diffmm.utils import resolve_device, seed_everything
+    from diffmm.utils import resolve_device
 
     device = str(resolve_device(train.device))
 
@@ -175,8 +175,7 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
 
     before = rates_now()
     flops = epoch_flops(dataset, cfg, train)
-    seed_everything(train.seed)
-    model = DiffMM(dataset, cfg.replace(precision=precision))
+    model = build_model("diffmm", dataset, cfg.replace(precision=precision), seed=train.seed)
     trainer = Trainer(model, dataset, train.replace(epochs=epochs, eval_every=1, patience=0, progress=False))
     result = trainer.fit()
     h = result.history
