@@ -204,6 +204,7 @@ class LATTICE(Recommender):
     3. Skip connection A^m = lambda S~^m + (1 - lambda) A^m_learned, 4. A = sum_m alpha_m A^m with
     alpha = softmax of learned logits (Sec. 3.1.3). 5. h = A^L e_item (Sec. 3.2). 6. Items
     x~_i = x_i + h_i / ||h_i|| with x from LightGCN; score x_u.x~_i; BPR + L2 (Sec. 3.3-3.4).
+    No step carries an equation number: the numbers were not checked against the paper's text.
 
     Where this follows the authors' code (CRIPAC-DIG/LATTICE, as MMRec's lattice.py) rather than
     the paper: the learned graph is recomputed (with gradient) at the first step of each epoch and
@@ -308,20 +309,24 @@ class LATTICE(Recommender):
 class BM3(Recommender):
     """BM3 (Zhou et al., WWW 2023): bootstrapped latent views, no negative sampling.
 
-    Sec. 3.1: h_m = f^m W_m + b_m per modality (Eq. 1); ids through LightGCN, h_u = mean_l H^l_u and
-    h_i = mean_l H^l_i + H^0_i (Eq. 2-3). Sec. 3.2: online views h~ = f_p(h) by one shared linear predictor
-    f_p; target views h. = dropout_p(sg(h)). With C(a, b) = 1 - cos(a, b):
+    Sec. 3.1: h_m = f^m W_m + b_m per modality (Eq. 1); ids propagated on the user-item graph (Eq. 2),
+    h_u = READOUT(H^0_u..H^L_u), h_i = READOUT(H^0_i..H^L_i) + H^0_i (Eq. 3), READOUT = mean.
+    Sec. 3.2: online views h~ = f_p(h) by one shared linear predictor f_p; target views
+    h. = dropout_p(sg(h)). With C(a, b) = 1 - cos(a, b):
     L_rec = C(h~_u, h._i) + C(h._u, h~_i) over the batch's interactions (u, i);
     L_align = sum_m C(h~_m,i, h._i) (inter-modality); L_mask = sum_m C(h~_m,i, h._m,i) (intra-modality);
     L = L_rec + L_align + L_mask + lambda (||h_u||^2 + ||h_i||^2). Sec. 3.3: score = h~_u . h~_i.
-    The negatives passed to :meth:`loss` are ignored.
+    The negatives passed to :meth:`loss` are ignored. Steps after Eq. 3 carry no equation number: their
+    numbers were not checked against the paper's text.
 
     C is the paper's negative cosine plus 1 (the authors' code): the same gradients, a loss >= 0.
     From the authors' code (enoche/BM3, also MMRec's bm3.py), not the paper: Xavier-uniform ids,
-    Xavier-normal projections and predictor, and the user-item graph D^-1/2 A D^-1/2 without
-    self-loops. Unlike that code, the L2 is squared norms of the batch's online embeddings
-    averaged over the batch (the code adds the unsquared norms of the whole tables, divided by
-    n_items), and L_align + L_mask have weight ``alignment_weight`` = 1 (the code's cl_weight is 2).
+    Xavier-normal projections and predictor, and Eq. 2 in LightGCN's form: Eq. 2 is a GCN layer
+    sigma(A^ H^l W^l) with A^ = D^-1/2 (A + I) D^-1/2; here, as in that code, no sigma, no W^l and no
+    self-loops (D^-1/2 A D^-1/2). Unlike that code, the raw features f^m stay fixed (the code fine-tunes
+    them), the L2 is squared norms of the batch's online embeddings averaged over the batch (the code
+    adds the unsquared norms of the whole tables, divided by n_items), and L_align + L_mask have weight
+    ``alignment_weight`` = 1 (the code's cl_weight is 2).
 
     Args:
         dataset: interactions and ``item_features`` (any number of modalities).
@@ -336,7 +341,7 @@ class BM3(Recommender):
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, cfg.dim)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, cfg.dim)))
         self.projections = nn.ModuleDict({m: nn.Linear(f.shape[1], cfg.dim)
-                                          for m, f in dataset.item_features.items()})  # W_m, b_m
+                                          for m, f in dataset.item_features.items()})  # W_m, b_m of Eq. 1
         self.predictor = nn.Linear(cfg.dim, cfg.dim)  # f_p, shared by ids and modalities
         for layer in [*self.projections.values(), self.predictor]:
             nn.init.xavier_normal_(layer.weight)
@@ -346,9 +351,9 @@ class BM3(Recommender):
         return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
 
     def online_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """h_u (U, d) and h_i (I, d): the LightGCN readout, plus the item's own id embedding (Eq. 3)."""
+        """h_u (U, d) and h_i (I, d): Eq. 2 (LightGCN form), then Eq. 3 (READOUT = mean, + H^0_i for items)."""
         total = layer_mean(self.adjacency, torch.cat([self.user_embedding, self.item_embedding]), self.config.layers)
-        return total[: self.n_users], total[self.n_users:] + self.item_embedding
+        return total[: self.n_users], total[self.n_users:] + self.item_embedding  # Eq. 3
 
     def target(self, h: torch.Tensor) -> torch.Tensor:
         """h. = dropout_p(sg(h)): the target view (Sec. 3.2)."""
