@@ -14,11 +14,14 @@ Each command is registered by its module's ``add_parser(subparsers)`` (:func:`_c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
+
 
 
 def _load_data(spec: str):
@@ -63,6 +66,7 @@ def cmd_train(args, extra) -> int:
 
 def cmd_evaluate(args, extra) -> int:
 
+    import pandas as pd
     from diffmm.evaluate import evaluate
     from diffmm.experiments.runs import RunConfig
     from diffmm.models import build_model

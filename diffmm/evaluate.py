@@ -11,17 +11,20 @@ Work is batched over users so memory stays at (batch, n_items), never users x it
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from diffmm.data.dataset import RecDataset
 from diffmm.graph import SparseRows
 from diffmm.utils import atomic_path
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B,) user ids -> (B, n_items) scores
 METRICS = ("recall", "ndcg", "precision", "hit")
@@ -29,15 +32,21 @@ METRICS = ("recall", "ndcg", "precision", "hit")
 
 @dataclass
 class EvalResult:
-    """Mean metrics, the per-user table, and how many users were skipped (no held-out items)."""
+    """Mean metrics, the per-user columns, and how many users were skipped (no held-out items)."""
 
     metrics: dict[str, float]
-    per_user: pd.DataFrame
+    columns: dict[str, np.ndarray] = field(repr=False)  # user, n_train, n_<split>, then one per metric@K
     n_skipped: int
     topk: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # users, items, scores
 
     def __getitem__(self, key: str) -> float:
         return self.metrics[key]
+
+    @functools.cached_property
+    def per_user(self) -> pd.DataFrame:
+        """The per-user table (one row per evaluated user), built on first use."""
+        import pandas as pd
+        return pd.DataFrame(self.columns)
 
 
 def evaluate(
@@ -102,13 +111,9 @@ def evaluate(
             if return_topk:
                 top_items.append(top_idx.cpu().numpy())
                 top_scores.append(top_val.cpu().numpy())
-    per_user = pd.DataFrame({
-        "user": users,
-        "n_train": np.diff(dataset.train.indptr)[users],
-        f"n_{split}": n_held[users],
-        **{name: torch.cat(vals).cpu().numpy() if vals else np.zeros(0) for name, vals in columns.items()},
-    })
-    metrics = {name: float(per_user[name].mean()) if len(per_user) else float("nan") for name in columns}
+    per_user = {"user": users, "n_train": np.diff(dataset.train.indptr)[users], f"n_{split}": n_held[users],
+                **{name: torch.cat(vals).cpu().numpy() if vals else np.zeros(0) for name, vals in columns.items()}}
+    metrics = {name: float(per_user[name].mean()) if len(users) else float("nan") for name in columns}
     topk = None
     if return_topk:
         topk = (users, np.concatenate(top_items) if top_items else np.zeros((0, kmax), np.int64),
@@ -118,6 +123,7 @@ def evaluate(
 
 def topk_frame(result: EvalResult, item_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Long table (user, rank, item, score[, item_name]) of the top-K lists of ``evaluate(..., return_topk=True)``."""
+    import pandas as pd
     if result.topk is None:
         raise ValueError("this EvalResult has no top-K lists; call evaluate(..., return_topk=True)")
     users, items, scores = result.topk

@@ -16,13 +16,15 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from diffmm.utils import atomic_path
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 # The 18 named genres of MovieLens-100k, in the order of its flag columns.
 ML100K_GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -154,6 +156,7 @@ def multi_hot(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
         columns: the flag columns, in output order. Cells may be 0/1 numbers, booleans or
             the strings '0'/'1'; anything else raises ``ValueError`` naming column and value.
     """
+    import pandas as pd
     columns = list(columns)
     missing = [c for c in columns if c not in df.columns]
     if missing:

@@ -15,10 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -29,6 +28,9 @@ from diffmm.evaluate import EvalResult, evaluate
 from diffmm.models.base import Recommender
 from diffmm import memory
 from diffmm.utils import atomic_path, resolve_device, seed_everything
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 # settings a resumed run may change: they do not alter what was computed up to the checkpoint
 RESUMABLE_SETTINGS = ("epochs", "patience", "progress", "threads", "device", "eval_batch_size")
@@ -283,6 +285,7 @@ class Trainer:
         return result
 
     def _result(self, wall_s: float, test_result: EvalResult | None) -> FitResult:
+        import pandas as pd
         history = pd.DataFrame(self.history)
         optimistic, optimistic_epoch = {}, {}
         for column in history.columns:

@@ -131,3 +131,29 @@ def test_peak_rss_far_below_dense_matrix_20k_by_20k(tmp_path):
     increase_gb = (out["after_kib"] - out["before_kib"]) * 1024 / 1e9
     assert np.isfinite(out["recall"])
     assert increase_gb < dense_gb / 2, f"peak RSS grew by {increase_gb:.2f} GB (dense matrix: {dense_gb:.1f} GB)"
+
+
+def test_training_does_not_load_pandas(tmp_path):
+    """pandas (~33 MiB of RSS) loads only when a table is asked for: not by the CLI, the data, the
+    model or the epochs of a run; the run's own tables (history, per-user metrics) load it at the end."""
+    script = textwrap.dedent(f"""
+        import sys
+        from diffmm import cli
+        cli._command_registrars()
+        from diffmm import datasets
+        from diffmm.experiments.runs import build_run_config, run
+        from diffmm.train import Callback
+
+        class Check(Callback):
+            def on_epoch_end(self, trainer, record):
+                assert "pandas" not in sys.modules, f"pandas loaded by epoch {{record['epoch']}}"
+
+        data = datasets.load("synthetic", n_users=120, n_items=80, seed=1)
+        assert "pandas" not in sys.modules, "pandas loaded by the CLI or the data"
+        config = build_run_config("diffmm", overrides={{"epochs": 2, "progress": False}})
+        result, _ = run(data, config, out_dir=r"{tmp_path / 'run'}", callbacks=[Check()])
+        print(len(result.history), "pandas" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "True"]

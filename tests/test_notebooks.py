@@ -8,6 +8,7 @@ installed in it (checked by ``test_kernel_is_this_interpreter``).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +48,19 @@ def test_notebook_is_committed_clean(name):
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "FIGURES_DIR" in params[0].source
     assert nb.metadata.kernelspec.name == "python3"
+
+
+SCREEN_WIDTH = 88  # characters of a code line JupyterLab shows at 1280x800 with the file browser open
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_code_cells_fit_a_projected_screen(name):
+    """Teachers project the notebooks: no code line may need horizontal scrolling."""
+    cells = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))["cells"]
+    too_long = [f"{name} cell {index}: ({len(line)} chars) {line}"
+                for index, cell in enumerate(cells) if cell["cell_type"] == "code"
+                for line in "".join(cell["source"]).splitlines() if len(line) > SCREEN_WIDTH]
+    assert not too_long, f"code lines longer than {SCREEN_WIDTH} characters:\n" + "\n".join(too_long)
 
 
 def test_kernel_is_this_interpreter():

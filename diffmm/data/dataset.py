@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 SPLITS = ("train", "valid", "test")
 

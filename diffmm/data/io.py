@@ -27,16 +27,18 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from diffmm.data.dataset import SPLITS, DataError, RecDataset
 from diffmm.data.parsing import (SPLIT_CODES, build_csr, check_features, int_ids, load_pickle, make_dataset, read_features,
                                  read_shape, split_frame, write_features, write_shape)
 from diffmm.utils import atomic_path
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 PathLike = str | os.PathLike
 
@@ -131,6 +133,7 @@ def read_mmrec(path: PathLike, inter_file: str | None = None,
             present, else max id + 1 over all rows; ``n_items`` = the feature files' row
             count when there are feature files.
     """
+    import pandas as pd
     path = Path(path)
     file = path / inter_file if inter_file else _find_inter_file(path)
     folder = file.parent
@@ -176,6 +179,7 @@ def read_mmrec(path: PathLike, inter_file: str | None = None,
 
 def write_mmrec(dataset: RecDataset, path: PathLike, name: str | None = None) -> None:
     """Write ``<name>.inter`` (rating 1, timestamp 0) and ``<modality>_feat.npy`` to ``path``."""
+    import pandas as pd
     path, name = Path(path), name or dataset.name
     frame = split_frame(dataset)
     table = pd.DataFrame({"userID": frame["user"], "itemID": frame["item"], "rating": 1,
@@ -200,6 +204,7 @@ def read_recbole(path: PathLike, name: str | None = None) -> RecDataset:
 
     Tokens must be 0-based integer ids (as :func:`write_recbole` writes them).
     """
+    import pandas as pd
     path = Path(path)
     name = name or _recbole_name(path)
     files = {split: path / f"{name}.{split}.inter" for split in SPLITS}
@@ -234,6 +239,7 @@ def read_recbole(path: PathLike, name: str | None = None) -> RecDataset:
 
 def write_recbole(dataset: RecDataset, path: PathLike, name: str | None = None) -> None:
     """Write RecBole atomic files; features go to ``<name>.<modality>_feat.npy`` (not a RecBole standard)."""
+    import pandas as pd
     path, name = Path(path), name or dataset.name
     frame = split_frame(dataset)
     for code, split in enumerate(SPLITS):
@@ -251,6 +257,7 @@ def to_dataframe(dataset: RecDataset) -> pd.DataFrame:
 
     ``df.attrs`` keeps ``n_users`` and ``n_items`` so :func:`from_dataframe` restores the shape.
     """
+    import pandas as pd
     frame = split_frame(dataset)
     df = pd.DataFrame({"user": frame["user"], "item": frame["item"],
                        "split": np.asarray(SPLITS, dtype=object)[frame["code"].to_numpy()]})
@@ -271,6 +278,7 @@ def from_dataframe(df: pd.DataFrame, item_features: Mapping[str, np.ndarray] | N
         name: dataset name (default: ``df.attrs['name']`` or 'dataframe').
         user_col, item_col, split_col: column names.
     """
+    import pandas as pd
     source = "<DataFrame>"
     for column in (user_col, item_col, split_col):
         if column not in df.columns:
@@ -305,7 +313,7 @@ def load_dataset(path_or_dataframe: PathLike | pd.DataFrame | RecDataset, **kw) 
     """
     if isinstance(path_or_dataframe, RecDataset):
         return path_or_dataframe
-    if isinstance(path_or_dataframe, pd.DataFrame):
+    if not isinstance(path_or_dataframe, (str, os.PathLike)):  # a DataFrame (pandas is not loaded for a path)
         return from_dataframe(path_or_dataframe, **kw)
     path = Path(path_or_dataframe)
     if not path.exists():

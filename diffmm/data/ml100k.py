@@ -3,16 +3,19 @@ and the movie titles as item names."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from diffmm.data.dataset import DataError, RecDataset
 from diffmm.data.io import read_mmrec
 from diffmm.features import ML100K_GENRE_FLAGS, item_text_ml100k, multi_hot, sentence_embeddings
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 
 def read_ml100k(folder: str | os.PathLike, min_rating: float | None = None, text: str = "shipped",
@@ -56,6 +59,7 @@ def read_ml100k(folder: str | os.PathLike, min_rating: float | None = None, text
 
 def _read_ml100k_items(file: Path) -> pd.DataFrame:
     """items.csv, checked: the columns the modalities and titles need, one row per item in id order."""
+    import pandas as pd
     items = pd.read_csv(file, dtype=str, keep_default_na=False)
     needed = ["movie id", "movie title", "Summary", "Cast", "Director", *ML100K_GENRE_FLAGS]
     missing = [c for c in needed if c not in items.columns]

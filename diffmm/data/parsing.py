@@ -11,20 +11,23 @@ import json
 import pickle
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from diffmm.data.dataset import SPLITS, DataError, RecDataset
 from diffmm.utils import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}  # MMRec's x_label code per split
 
 
 def int_ids(values, source: str, field: str) -> np.ndarray:
     """Any 1-d array of ids -> int64, raising if a value is not a whole number."""
+    import pandas as pd
     values = np.asarray(values)
     if np.issubdtype(values.dtype, np.integer):
         return values.astype(np.int64)
@@ -146,6 +149,7 @@ def write_features(dataset: RecDataset, path: Path, pattern: str) -> None:
 
 def split_frame(dataset: RecDataset) -> pd.DataFrame:
     """All interactions as (user, item, split code) rows, split-major, then user, then item."""
+    import pandas as pd
     parts = []
     for code, split in enumerate(SPLITS):
         coo = dataset.split(split).tocoo()  # canonical CSR -> rows sorted by (user, item)

@@ -4,12 +4,14 @@ two figures (training curves, Recall@20 by user activity). ``python -m diffmm qu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
 
 from diffmm.data.dataset import RecDataset
 from diffmm.experiments.runs import build_run_config, parse_settings, run
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 MODELS = ("popularity", "mf", "lightgcn", "diffmm")
 
@@ -25,6 +27,7 @@ def quickstart(dataset: RecDataset, out: str | Path, settings: dict[str, str] | 
     Returns:
         The test-metric table (one row per model) and the runs' results by model.
     """
+    import pandas as pd
     rows, results = [], {}
     for model in MODELS:
         config = build_run_config(model, overrides=settings if model != "popularity" else {"progress": "false"})

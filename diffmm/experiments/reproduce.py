@@ -18,17 +18,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import pandas as pd
 from tqdm.auto import tqdm
 
 from diffmm.experiments.runs import RunConfig
 from diffmm.experiments.analyses import Analysis
 from diffmm.experiments.store import code_version, load_records, make_record, run_key, write_record
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 STORE = Path("figures/results")
 WORK = Path("runs/reproduce")
@@ -56,6 +59,7 @@ class Job:
 
 def plan(analyses: Sequence[Analysis], store: str | Path = STORE) -> tuple[pd.DataFrame, list[Job]]:
     """Per analysis: runs declared, done and missing; and the missing runs, each once (shared points merged)."""
+    import pandas as pd
     records = {}
     for dataset in {a.dataset for a in analyses}:
         records.update(load_records(store, dataset))
@@ -83,7 +87,7 @@ def estimate_s(dataset: str, model: str, records) -> float:
     walls = [r["wall_s"] for r in records if r["dataset"] == dataset and r["model"] == model
              and str(r.get("device", "cpu")).startswith("cpu") and r.get("wall_s")]
     if walls:
-        return float(pd.Series(walls).median())
+        return float(statistics.median(walls))
     return DEFAULT_COST_S.get((dataset, model), 60.0)
 
 

@@ -23,12 +23,14 @@ import json
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pandas as pd
 
 from diffmm.experiments.runs import RunConfig
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 # settings that change where or how fast a run goes, not what it computes
 RUNTIME_SETTINGS = ("device", "threads", "progress", "eval_batch_size")
@@ -110,6 +112,7 @@ def by_activity(per_user: pd.DataFrame, metrics: Iterable[str]) -> dict[str, lis
 def make_record(dataset, config: RunConfig, result, device: str, threads: int) -> dict:
     """The store's record of a finished run (``result``: a :class:`~diffmm.train.FitResult` whose
     ``test_result`` is the selected epoch's test evaluation)."""
+    import pandas as pd
     history = result.history
     keep = [c for c in history.columns if not c.startswith(("valid_", "test_"))
             or c.split("_", 1)[1] in HISTORY_METRICS]

@@ -12,11 +12,14 @@ configuration field (the paper's fusion-ratio and hyperparameter figures from fi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from pathlib import Path
 
-import pandas as pd
 
 from diffmm.experiments.runs import read_json, run_dir_results
+
+if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
+    import pandas as pd
 
 
 def _run_name(run_dir: Path) -> str:
@@ -31,6 +34,7 @@ def write_run_figures(run_dirs: list[str | Path], out: str | Path, metric: str =
                       bins: str = "0,5,10,20,50,inf", png: bool | None = None,
                       plotlyjs: str = "directory") -> list[Path]:
     """Write ``training_curves`` and ``sparsity`` figures for the runs into ``out``; return the files."""
+    import pandas as pd
     from diffmm.viz.plots import save_figure, sparsity_figure, training_curves
 
     histories, per_user = {}, {}
@@ -71,6 +75,7 @@ def config_field(run_dir: Path, field: str):
 def runs_by_field(run_dirs: list[str | Path], field: str, metrics=("recall@20", "ndcg@20")) -> pd.DataFrame:
     """Validation-selected test metrics of each run against ``field``: one row per value, with the
     mean over the runs that share it (e.g. seeds), ``<metric>_std`` (ddof 1; blank for one run) and ``runs``."""
+    import pandas as pd
     rows = []
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "metrics.json").exists():
