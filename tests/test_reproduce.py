@@ -170,6 +170,16 @@ def test_shared_points_are_declared_once():
     assert sum(j.config.model == "diffmm" for j in missing) == 54
 
 
+def test_each_analysis_trains_its_cheapest_runs_first(monkeypatch):
+    cost = {"popularity": 1.0, "mf": 2.0, "lightgcn": 5.0, "diffmm": 100.0}
+    monkeypatch.setattr(reproduce, "estimate_s", lambda dataset, model, records: cost.get(model, 10.0))
+    analyses = declared.select("tiktok/table2_comparison,tiktok/table3_ablation")
+    _, missing = reproduce.plan(analyses, store="/nonexistent")
+    order = [(analyses.index(declared.ANALYSES[j.analyses[0]]), j.estimate_s) for j in missing]
+    assert order == sorted(order) and order[0] == (0, 1.0) and order[-1] == (1, 100.0)
+    assert [j.config.model for j in missing].index("diffmm") > [j.config.model for j in missing].index("vbpr")
+
+
 def test_searched_settings_are_the_ones_the_protocols_use():
     """Where a search is complete in the committed store, its best validation value is the protocol's."""
     records = load_records(Path(__file__).resolve().parents[1] / "figures" / "results")

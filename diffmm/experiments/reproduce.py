@@ -79,7 +79,9 @@ def plan(analyses: Sequence[Analysis], store: str | Path = STORE) -> tuple[pd.Da
     for job in jobs.values():
         job.estimate_s = estimate_s(job.dataset, job.config.model, records.values())
     table = pd.DataFrame(rows, columns=["analysis", "runs", "done", "missing"])
-    return table, list(jobs.values())  # in declaration order: analyses, then points, then seeds
+    # analyses in declaration order; within one, the cheapest runs first, so its table fills in soonest
+    first = {a.id: i for i, a in enumerate(analyses)}
+    return table, sorted(jobs.values(), key=lambda j: (first[j.analyses[0]], j.estimate_s))
 
 
 def estimate_s(dataset: str, model: str, records) -> float:
