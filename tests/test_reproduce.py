@@ -11,6 +11,7 @@ import pytest
 from diffmm.cli import main as cli
 from diffmm.experiments import analyses as declared
 from diffmm.experiments import reproduce, tables
+from diffmm.experiments.runs import build_run_config
 from diffmm.experiments.store import RecordError, load_records, read_record, run_key
 from diffmm.train import Callback
 from diffmm.viz.gallery import gallery_markdown
@@ -53,7 +54,8 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
     analyses = declared.quick_analyses()
     assert {a.name for a in analyses.values()} == {
         "table2_comparison", "fig2_sparsity", "table3_ablation", "table4_tau_lambda1", "fig3a_lambda0",
-        "fig3b_omega", "fig4_fusion_ratio", "search_mf_l2", "search_vbpr_l2", "search_vbpr_projection_l2"}
+        "fig3b_omega", "fig4_fusion_ratio", "search_mf_l2", "search_vbpr_l2", "search_vbpr_projection_l2",
+        "search_vbpr_l2_given_projection_l2"}
     for analysis in analyses.values():
         for suffix in (".png", ".pdf", ".html", ".csv"):
             path = full / "figures" / declared.QUICK_DATA / f"{analysis.name}{suffix}"
@@ -65,17 +67,18 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
         else:
             assert list(table["label"]) == [p.label for p in analysis.points]
             assert (table["seeds"] == 1).all() and table["recall@20 mean"].between(0, 1).all()
-    # shared points are one run: 8 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points, and the
-    # 4 + 4 L2 values of the MF and VBPR searches that Table 2 does not use, and VBPR's 5 projection L2 values
+    # shared points are one run: 8 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points, and the runs
+    # of the searches that Table 2 and the other passes do not share: MF's L2 4; VBPR's L2 with E free 5,
+    # lambda_E 4, L2 again 4
     records = load_records(full / "store")
-    assert len(records) == 45
+    assert len(records) == 49
     for record in (r for r in records.values() if r["model"] == "diffmm"):  # the case-study measures, per modality
         generation = record["generation"]["modalities"]
         assert set(generation) == set(record["data"]["modalities"])
         assert all(0 <= g["seen_share"]["generated"] <= 1 for g in generation.values())
     capsys.readouterr()
     assert quick(full, "--status") == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 45, "missing": 0,
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 49, "missing": 0,
                                                                            "estimated_hours": 0.0}
 
 
@@ -164,9 +167,9 @@ def test_shared_points_are_declared_once():
     per_analysis = table.set_index("analysis")["runs"]
     assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 18
     # the defaults' point (3 seeds) is in all five DiffMM analyses but trained once
-    # 73 runs of the paper's analyses, and 13 of the searches not shared with Table 2 (MF and VBPR L2: 4
-    # values each; VBPR's projection L2: 5)
-    assert len(missing) == len({j.key for j in missing}) == 86
+    # 73 runs of the paper's analyses, and 17 of the searches not shared with Table 2 or each other (MF's L2:
+    # 4; VBPR's three passes: L2 with E free 5, lambda_E 4, L2 again 4)
+    assert len(missing) == len({j.key for j in missing}) == 90
     assert sum(j.config.model == "diffmm" for j in missing) == 54
 
 
@@ -181,17 +184,24 @@ def test_each_analysis_trains_its_cheapest_runs_first(monkeypatch):
 
 
 def test_searched_settings_are_the_ones_the_protocols_use():
-    """Where a search is complete in the committed store, its best validation value is the protocol's."""
+    """Where a search's current pass is complete in the committed store, its best validation value is the
+    protocol's (a pass is current when the settings it fixed are the protocol's)."""
     records = load_records(Path(__file__).resolve().parents[1] / "figures" / "results")
+    checked = 0
     for analysis in (a for a in declared.ANALYSES.values() if a.split == "valid"):
-        runs = tables.run_frame(analysis, records)
-        if len(runs) < len(analysis.points):
-            continue
         (field,) = analysis.x
+        model = analysis.points[0].model
+        protocol = declared.PROTOCOLS[analysis.dataset][model]
+        used = build_run_config(model, protocol.preset, protocol.values).model_config
+        fixed = {k: v for k, v in analysis.points[0].values.items() if k != field}
+        runs = tables.run_frame(analysis, records)
+        if any(getattr(used, k) != v for k, v in fixed.items()) or len(runs) < len(analysis.points):
+            continue
         best = runs.loc[runs["recall@20"].idxmax(), field]
-        protocol = declared.PROTOCOLS[analysis.dataset][analysis.points[0].model]
         assert field in protocol.values, f"{analysis.id}: the protocol does not set {field}"
         assert protocol.values[field] == pytest.approx(best), f"{analysis.id}: validation picks {field} = {best:g}"
+        checked += 1
+    assert checked >= 1  # TikTok's MF-BPR search at least
 
 
 def test_a_malformed_record_names_the_file(tmp_path):
