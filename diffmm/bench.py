@@ -33,6 +33,11 @@ from diffmm.contrastive import ROW_MULTIPLE
 from diffmm.data.dataset import RecDataset
 
 
+# the phases of an epoch the bench times, with their labels
+PHASES = {"generator_train": "generator training", "graph_generation": "graph generation",
+          "recommender": "recommender (BPR+CL)", "evaluation": "evaluation"}
+
+
 def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 7, device="cpu") -> float:
     """Median FLOP/s of an (n x n) @ (n x n) product."""
     a = torch.randn(n, n, device=device).to(dtype)
@@ -202,6 +207,10 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
                valid_recall20=float(h["valid_recall@20"].iloc[-1]), epochs=epochs,
                flops={k: v / 1e12 for k, v in vars(flops).items()})
     out["epoch_over_floor"] = out["epoch_s"] / out["floor_s"]
+    # per phase: the rate it reached and its time over its own floor (where it does dense work)
+    out["phase_gflops"] = {k: getattr(flops, k) / out[f"{k}_s"] / 1e9 if out[f"{k}_s"] else None for k in PHASES}
+    out["phase_over_floor"] = {k: out[f"{k}_s"] * rate / getattr(flops, k) if getattr(flops, k) else None
+                               for k in PHASES}
     out["plain_tflop_per_epoch"] = flops.plain_total / 1e12
     out["plain_floor_s"] = flops.plain_total / rate
     out["epoch_over_plain_floor"] = out["epoch_s"] / out["plain_floor_s"]
@@ -213,11 +222,9 @@ def format_table(r: dict) -> str:
     ba = r["gflops_before_after"]
     probes = ", ".join(f"{k} {v[0]:.0f}/{v[1]:.0f}" for k, v in ba.items())
     lines = [f"matmul rate ({r['threads']} threads, {r['device']}; GFLOP/s before/after the epoch): {probes}",
-             f"{'phase':<20}{'time s':>10}{'TFLOP':>10}",
-             f"{'generator training':<20}{r['generator_train_s']:>10.2f}{f['generator_train']:>10.3f}",
-             f"{'graph generation':<20}{r['graph_generation_s']:>10.2f}{f['graph_generation']:>10.3f}",
-             f"{'recommender (BPR+CL)':<20}{r['recommender_s']:>10.2f}{f['recommender']:>10.3f}",
-             f"{'evaluation':<20}{r['evaluation_s']:>10.2f}{f['evaluation']:>10.3f}",
+             f"{'phase':<20}{'time s':>10}{'TFLOP':>10}{'GFLOP/s':>10}{'x floor':>10}",
+             *(f"{label:<20}{r[f'{k}_s']:>10.2f}{f[k]:>10.3f}{r['phase_gflops'][k] or 0:>10.0f}"
+               f"{r['phase_over_floor'][k] or 0:>10.2f}" for k, label in PHASES.items()),
              f"{'epoch':<20}{r['epoch_s']:>10.2f}{r['tflop_per_epoch']:>10.3f}",
              f"floor ({r['precision']}): {r['floor_s']:.2f} s -> epoch / floor = {r['epoch_over_floor']:.2f}; "
              f"peak RSS {r['peak_rss_mb']:.0f} MiB",

@@ -112,6 +112,10 @@ def test_run_bench_report(data):
     assert result["gflops_fp32"] == pytest.approx((before + after) / 2)
     assert result["epoch_over_floor"] == pytest.approx(result["epoch_s"] / result["floor_s"])
     assert result["peak_rss_mb"] > 0 and 0 <= result["valid_recall20"] <= 1
+    for phase in ("generator_train", "graph_generation", "recommender", "evaluation"):  # each phase's own rate
+        flops = result["flops"][phase] * 1e12
+        assert result["phase_gflops"][phase] == pytest.approx(flops / result[f"{phase}_s"] / 1e9)
+        assert result["phase_over_floor"][phase] == pytest.approx(result[f"{phase}_s"] * rate / flops)
 
 
 def test_fused_adam_takes_the_same_step_as_plain_adam(data):
