@@ -169,10 +169,11 @@ def search(dataset: str, model: str, field_name: str, values: tuple, label: str,
     it was run with. The pass whose ``fixed`` values are the protocol's is the current one, and its best
     value is the one :data:`PROTOCOLS` uses (checked against the store by the tests)."""
     given = "".join(f", {k} = {v:g}" for k, v in (fixed or {}).items())
+    note = ("validation Recall@20 of the selected epoch, seed 421; settings searched one at a time, the protocol "
+            "takes the best value of the pass run at its other settings" if fixed else
+            "validation Recall@20 of the selected epoch, seed 421; the best value is the one the protocol uses")
     analysis = line(dataset, name or f"search_{model}_{field_name}", field_name, values,
-                    f"{label}: {field_name} chosen on the validation split{given}", "",
-                    "validation Recall@20 of the selected epoch, seed 421; the best value is the one the "
-                    "protocol uses", model, fixed)
+                    f"{label}: {field_name} chosen on the validation split{given}", "", note, model, fixed)
     return Analysis(**{**analysis.__dict__, "seeds": (SEEDS3[0],), "split": "valid"})
 
 
