@@ -449,3 +449,42 @@ def test_figures_cli_by_config_field(tmp_path, capsys):
     assert list(fig.data[0].error_y.array) == pytest.approx([np.std([0.10, 0.12], ddof=1), 0.0])
     assert main(["figures", *args, "--by", "omega", "--out", str(out)]) == 2
     assert "no field 'omega'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the gallery's verdicts
+def verdict_table(values: dict[str, float], field: str | None = None) -> pd.DataFrame:
+    """A point table as the gallery reads it: label, coordinate, mean Recall@20."""
+    return pd.DataFrame([{"label": k, "recall@20 mean": v, **({field: float(k)} if field else {})}
+                         for k, v in values.items()])
+
+
+def test_verdict_on_the_comparison_weighs_the_lead_against_noise_and_the_paper():
+    from diffmm.experiments.analyses import ANALYSES
+    from diffmm.viz.gallery import _leads
+
+    table2 = ANALYSES["tiktok/table2_comparison"]  # the paper: DiffMM +18% over BM3
+    check = lambda values: _leads(table2, verdict_table(values), "recall@20 mean", 0.0025, None, None)[0]  # noqa: E731
+    assert check({"DiffMM": 0.120, "LATTICE": 0.100}) == "Yes"  # +20%
+    assert check({"DiffMM": 0.105, "LATTICE": 0.100}) == "Partly"  # a clear lead, under half the paper's
+    assert check({"DiffMM": 0.101, "LATTICE": 0.100}) == "Not settled"  # within two seed std
+    assert check({"DiffMM": 0.090, "LATTICE": 0.100}) == "No"
+
+
+def test_verdicts_on_ablations_and_trends():
+    from diffmm.experiments.analyses import ANALYSES
+    from diffmm.viz.gallery import _each_helps, _falls, _worst_at_largest
+
+    ablation = ANALYSES["tiktok/table3_ablation"]
+    run = lambda check, analysis, table: check(analysis, table, "recall@20 mean", 0.002, None, None)[0]  # noqa: E731
+    full = {"DiffMM": 0.100}
+    assert run(_each_helps, ablation, verdict_table({**full, "w/o CL": 0.09, "w/o DM": 0.09, "w/o MSI": 0.09})) == "Yes"
+    mixed = verdict_table({**full, "w/o CL": 0.09, "w/o DM": 0.10, "w/o MSI": 0.101})
+    assert run(_each_helps, ablation, mixed) == "Partly"
+    assert run(_each_helps, ablation, verdict_table({**full, "w/o CL": 0.10, "w/o DM": 0.10, "w/o MSI": 0.11})) == "No"
+    rho, omega = ANALYSES["tiktok/fig4_fusion_ratio"], ANALYSES["tiktok/fig3b_omega"]
+    falling = verdict_table({"0": 0.10, "0.2": 0.099, "0.6": 0.095, "1": 0.09}, "fusion_ratio")
+    assert run(_falls, rho, falling) == "Yes"
+    assert run(_falls, rho, verdict_table({"0": 0.100, "0.6": 0.101, "1": 0.100}, "fusion_ratio")) == "Not settled"
+    assert run(_falls, rho, verdict_table({"0": 0.09, "1": 0.10}, "fusion_ratio")) == "No"
+    assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.098, "0.5": 0.10, "1": 0.09}, "omega")) == "Yes"
+    assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.08, "0.5": 0.10, "1": 0.099}, "omega")) == "No"
