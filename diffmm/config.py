@@ -184,7 +184,7 @@ class BM3Config(ConfigBase):
     dim: int = 64  # embedding size of ids, projected features and the predictor (paper: 64)
     layers: int = 1  # L: LightGCN layers, Eq. 2-3 (authors' README, best on Baby and Sports: 1)
     dropout: float = 0.5  # p: dropout ratio making the target views (README, Baby and Sports: 0.5)
-    l2: float = 0.1  # lambda on the batch's online user and item embeddings (README: Baby 0.1, Sports 0.01)
+    l2: float = 0.1  # lambda on (||H_u|| + ||H_i||) / n_items, as the authors' code (README: Baby 0.1, Sports 0.01)
     alignment_weight: float = 1.0  # weight of L_align + L_mask (paper: 1, a plain sum; authors' code cl_weight = 2)
 
     def validate(self):

@@ -315,7 +315,7 @@ class BM3(Recommender):
     h. = dropout_p(sg(h)). With C(a, b) = 1 - cos(a, b):
     L_rec = C(h~_u, h._i) + C(h._u, h~_i) over the batch's interactions (u, i);
     L_align = sum_m C(h~_m,i, h._i) (inter-modality); L_mask = sum_m C(h~_m,i, h._m,i) (intra-modality);
-    L = L_rec + L_align + L_mask + lambda (||h_u||^2 + ||h_i||^2). Sec. 3.3: score = h~_u . h~_i.
+    L = L_rec + L_align + L_mask + lambda * (a norm of the online embeddings). Sec. 3.3: score = h~_u . h~_i.
     The negatives passed to :meth:`loss` are ignored. Steps after Eq. 3 carry no equation number: their
     numbers were not checked against the paper's text.
 
@@ -323,10 +323,10 @@ class BM3(Recommender):
     From the authors' code (enoche/BM3, also MMRec's bm3.py), not the paper: Xavier-uniform ids,
     Xavier-normal projections and predictor, and Eq. 2 in LightGCN's form: Eq. 2 is a GCN layer
     sigma(A^ H^l W^l) with A^ = D^-1/2 (A + I) D^-1/2; here, as in that code, no sigma, no W^l and no
-    self-loops (D^-1/2 A D^-1/2). Unlike that code, the raw features f^m stay fixed (the code fine-tunes
-    them), the L2 is squared norms of the batch's online embeddings averaged over the batch (the code
-    adds the unsquared norms of the whole tables, divided by n_items), and L_align + L_mask have weight
-    ``alignment_weight`` = 1 (the code's cl_weight is 2).
+    self-loops (D^-1/2 A D^-1/2); and lambda's term, (||H_u||_F + ||H_i||_F) / n_items over the whole
+    online tables (the form the published lambdas were tuned for). Unlike that code, the raw features f^m
+    stay fixed (the code fine-tunes them) and L_align + L_mask have weight ``alignment_weight`` = 1 (the
+    code's cl_weight is 2).
 
     Args:
         dataset: interactions and ``item_features`` (any number of modalities).
@@ -373,7 +373,10 @@ class BM3(Recommender):
             online_m = self.predictor(h_m)
             align = align + c(online_m, target_i)  # L_align: modality m vs the item's id view
             mask = mask + c(online_m, self.target(h_m))  # L_mask: modality m vs its own dropped-out view
-        reg = (h_u.square().sum() + h_i.square().sum()) / len(users)
+        # lambda's term as the authors' code computes it (their published lambdas are for this form): the
+        # Frobenius norms of the whole online tables over n_items (a squared batch norm with lambda = 0.1
+        # shrinks the scale-free cosine views until training collapses on TikTok)
+        reg = (users_emb.norm() + items_emb.norm()) / self.n_items
         loss = rec + self.config.alignment_weight * (align + mask) + self.config.l2 * reg
         return {"loss": loss, "rec": rec, "align": align, "mask": mask, "l2": reg}
 
