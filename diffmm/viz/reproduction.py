@@ -148,9 +148,10 @@ def _bar_panel(ax, table: pd.DataFrame, runs: pd.DataFrame, m: str) -> None:
         ax.scatter(runs["label"].map(position), runs[m], color="0.15", s=12, zorder=3, label="one seed")
     paper = table[f"paper {m}"].to_numpy(float)
     ax.scatter(x, paper, marker="D", color=sns.color_palette()[3], s=30, zorder=4, label="paper (test-selected)")
+    top = np.fmax(ours + table[f"{m} std"].fillna(0).to_numpy(float), paper)  # the label clears bar, std and paper
     for i, (value, seeds) in enumerate(zip(ours, table["seeds"])):
         if np.isfinite(value):
-            ax.annotate(f"{value:.4f}", (i, value), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)
+            ax.annotate(f"{value:.4f}", (i, top[i]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
         else:
             text = "no runs yet" if pd.notna(table["model"].iloc[i]) else "paper only"
             ax.annotate(text, (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
