@@ -60,9 +60,9 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
         **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
                                                       "20 validations") for model in ("lightgcn-m", "lattice", "bm3")},
-        "vbpr": Protocol(None, {"l2": 1e-4, "progress": False},
-                         "its paper's model; L2 1e-4 chosen on validation among 1e-4 ... 0.5 (E free); early stop "
-                         "after 20 validations"),
+        "vbpr": Protocol(None, {"l2": 1e-4, "projection_l2": 0.01, "progress": False},
+                         "its paper's model; chosen on validation one setting at a time: L2 1e-4 (E free), then "
+                         "lambda_E 0.01; early stop after 20 validations"),
     },
 }
 
