@@ -244,6 +244,22 @@ def test_a_run_being_trained_by_another_sweep_is_left_to_it(tmp_path):
     assert len(load_records(tmp_path / "store")) == 1
 
 
+def test_a_run_another_sweep_finished_after_planning_is_not_trained_again(tmp_path, monkeypatch):
+    """Two sweeps planned the same run; the second to reach it finds its record and keeps it."""
+    chosen = declared.select("table2_comparison", declared.quick_analyses())
+    _, missing = reproduce.plan(chosen, tmp_path / "store")
+    job = next(j for j in missing if j.config.model == "popularity")
+    assert reproduce.run_jobs([job], tmp_path / "store", tmp_path / "work", progress=False) == []  # sweep one
+    before = (tmp_path / "store" / job.dataset / f"{job.config.model}-{job.key}.json").read_bytes()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run already in the store was trained again")
+
+    monkeypatch.setattr("diffmm.experiments.runs.run", no_training)
+    assert reproduce.run_jobs([job], tmp_path / "store", tmp_path / "work", progress=False) == []  # sweep two
+    assert (tmp_path / "store" / job.dataset / f"{job.config.model}-{job.key}.json").read_bytes() == before
+
+
 def test_display_tables_are_narrow_and_hold_the_means(full):
     records = load_records(full / "store")
     for analysis in declared.quick_analyses().values():

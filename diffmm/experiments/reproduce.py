@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from diffmm.experiments.runs import RunConfig
 from diffmm.experiments.analyses import Analysis
-from diffmm.experiments.store import code_version, load_records, make_record, run_key, write_record
+from diffmm.experiments.store import code_version, load_records, make_record, read_record, run_key, write_record
 
 if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
     import pandas as pd
@@ -124,6 +124,9 @@ def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK,
     unless that is None (a remote worker hands the record back to the process that owns the store)."""
     from diffmm.experiments.runs import run
 
+    done_elsewhere = stored(job, store)
+    if done_elsewhere is not None:  # another sweep on this store finished it since this one planned
+        return done_elsewhere
     dataset = load_data(job.dataset, data_root)
     config = job.config.replace(train=job.config.train.replace(device=device, threads=threads, progress=False))
     out = Path(work) / job.dataset / f"{job.config.model}-{job.key}"
@@ -142,12 +145,18 @@ def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK,
     return record
 
 
+def stored(job: Job, store: str | Path | None) -> dict | None:
+    """The job's record if ``store`` holds it already, else None."""
+    path = Path(store) / job.dataset / f"{job.config.model}-{job.key}.json" if store is not None else None
+    return read_record(path) if path is not None and path.exists() else None
+
+
 def _worker(args: tuple) -> tuple[str, float, str | None, dict | None]:
     """One run in a worker process: (run name, seconds, error or None, record or None)."""
     job, store, work, device, threads, data_root, keep = args
     start = time.perf_counter()
     try:
-        record = execute(job, None, work, device, threads, data_root, keep)
+        record = stored(job, store) or execute(job, None, work, device, threads, data_root, keep)
         return job.name, time.perf_counter() - start, None, record
     except Exception as error:  # reported by the parent; the other runs go on
         return job.name, time.perf_counter() - start, f"{type(error).__name__}: {error}", None
