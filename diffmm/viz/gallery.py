@@ -118,12 +118,12 @@ def verdict(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
     check = _CHECKS.get(analysis.name)
     if check is None or runs.empty:
         return ""
-    table = point_table(analysis, runs)
-    table = table[table["model"].notna()]
+    points = point_table(analysis, runs)
+    table = points[points["model"].notna()]
     if (table["seeds"] == 0).any():
         return f"Not yet: {int((table['seeds'] > 0).sum())} of {len(table)} points have runs."
     m = f"{metric} mean"
-    noise = seed_std(point_table(analysis, runs), metric)
+    noise = seed_std(points, metric)
     if analysis.kind == "groups":
         groups = group_table(analysis, runs, records, EQUAL_GROUPS)
         noise = float(groups[f"{metric} std"].median())
