@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from diffmm.dense import aligned_empty
+
 CHUNK_BYTES = 4 << 20  # a logits chunk of ~4 MiB stays in cache (TikTok users: 112 rows)
 ROW_MULTIPLE = 16  # anchors are padded to a multiple of this: the products see a few shapes, not one per batch
 
@@ -52,7 +54,8 @@ class LogSumExpProduct(torch.autograd.Function):
         if needs_grad:
             grad_a = torch.empty(a_low.shape, dtype=acc, device=a.device)
             grad_o = torch.zeros(o.shape, dtype=acc, device=o.device)
-        buffer = torch.empty(min(chunk, a_low.shape[0]), o.shape[0], dtype=acc, device=a.device)  # reused by every chunk
+        # reused by every chunk; rows 64-byte aligned (diffmm.dense: ~1.5x faster products into it)
+        buffer = aligned_empty(min(chunk, a_low.shape[0]), o.shape[0], acc, a.device)
         for start in range(0, a_low.shape[0], chunk):
             a_c = a_low[start:start + chunk]
             logits = buffer[:len(a_c)]

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffmm import dense
+
 
 def linear_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float,
                     first_beta: float | None = None) -> np.ndarray:
@@ -157,7 +159,7 @@ class GaussianDiffusion(nn.Module):
         acc, beta, g = None, 0.0, 1.0  # alpha_t = W_L acc + beta b_L + g alpha_start
 
         def state() -> torch.Tensor:
-            x = torch.addmm(last.bias, acc, last.weight.T, beta=beta).float()
+            x = dense.addmm(last.bias, acc, last.weight.T, beta=beta).float()
             return x.add_(start, alpha=g) if g else x
 
         trajectory = [start]
@@ -166,7 +168,7 @@ class GaussianDiffusion(nn.Module):
             a = denoiser.hidden(z, t)  # x0_hat(alpha_t) = W_L a + b_L
             c_x0, c_xt = self._coef_x0[step], self._coef_xt[step]  # Eq. 10
             if step > 1:  # W_0 alpha_{t-1}, the next step's input product
-                z = torch.addmm(mix_bias, a, mix.T, beta=c_x0, alpha=c_x0).add_(z, alpha=c_xt)
+                z = dense.addmm(mix_bias, a, mix.T, beta=c_x0, alpha=c_x0).add_(z, alpha=c_xt)
             acc = a * c_x0 if acc is None else (acc * c_xt).add_(a, alpha=c_x0)
             beta, g = c_x0 + c_xt * beta, c_xt * g
             if return_trajectory:
