@@ -52,9 +52,9 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
     "ml100k": {
         # the authors give no MovieLens settings: the tiktok preset's model settings, trained like the
         # baselines (up to 300 epochs, stopped after 20 validations without a better validation Recall@20)
-        "diffmm": Protocol("tiktok", {"layers": 1, "epochs": 300, "patience": 20, "progress": False},
-                           "tiktok preset's model settings, message-passing layers chosen on validation among "
-                           "1 ... 4; up to 300 epochs, early stop after 20 validations"),
+        "diffmm": Protocol("tiktok", {"layers": 3, "epochs": 300, "patience": 20, "progress": False},
+                           "tiktok preset's model settings but 3 message-passing layers, chosen on validation "
+                           "among 1 ... 4; up to 300 epochs, early stop after 20 validations"),
         "lightgcn": Protocol(None, {"progress": False}, "3 layers, 64-d, L2 1e-4, early stop after 20 validations"),
         "mf": Protocol(None, {"l2": 0.01, "progress": False},
                        "item bias, L2 0.01 chosen on validation among 1e-4 ... 0.5"),
