@@ -8,8 +8,9 @@ after training, in a child process: the machine may be shared).
 The last line printed is JSON, for scripts.
 
 ``--sweep`` measures what a sweep of many runs gets from the machine instead: for every way of
-splitting the cores between concurrent runs (1 run x 2 threads, 2 runs x 1 thread on 2 cores), it
-trains that many runs at once in child processes and reports runs per hour of a full-length run.
+splitting the cores between concurrent runs (1 run x 2 threads, 2 runs x 1 thread on 2 cores), or on a
+GPU for 1, 4, 8 and 16 runs sharing it (``--runs`` chooses), it trains that many runs at once in child
+processes and reports runs per hour of a full-length run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -242,32 +244,44 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--sweep", action="store_true",
-                   help="runs per hour for each split of the cores between concurrent runs (CPU)")
+                   help="runs per hour for each number of concurrent runs (CPU: each split of the cores; "
+                        "GPU: runs sharing it)")
+    p.add_argument("--runs", default="", help="--sweep: comma-separated numbers of concurrent runs to try "
+                                              "(default: every even split of the cores on CPU, 1,4,8,16 on a GPU)")
     p.add_argument("--run-epochs", type=int, default=50, help="--sweep: epochs of the run whose rate is reported")
     p.add_argument("--no-probe", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd)
 
 
-def sweep_layouts(cores: int) -> list[tuple[int, int]]:
-    """(concurrent runs, threads each) for every split of ``cores`` into equal shares."""
+GPU_RUNS = (1, 4, 8, 16)  # concurrent runs sharing one GPU that --sweep tries by default
+
+
+def sweep_layouts(cores: int, runs: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """(concurrent runs, threads each): ``runs`` with the cores shared among them (at least 1 thread each),
+    or by default every split of ``cores`` into equal shares."""
+    if runs:
+        return [(jobs, max(1, cores // jobs)) for jobs in runs]
     return [(jobs, cores // jobs) for jobs in range(1, cores + 1) if cores % jobs == 0]
 
 
-def run_sweep_bench(data: str, preset: str, epochs: int, run_epochs: int, cores: int | None = None) -> list[dict]:
+def run_sweep_bench(data: str, preset: str, epochs: int, run_epochs: int, cores: int | None = None,
+                    device: str = "cpu", runs: Sequence[int] = ()) -> list[dict]:
     """For each layout of :func:`sweep_layouts`, ``jobs`` child processes bench ``epochs`` DiffMM epochs at
-    once (``threads`` each, no probes); runs/hour = 3600 jobs / (median child epoch x ``run_epochs``)."""
+    once on ``device`` (``threads`` each, no probes; on a GPU they share it); runs/hour = 3600 jobs /
+    (median child epoch x ``run_epochs``). ``runs`` defaults to :data:`GPU_RUNS` on a GPU."""
     cores = cores or os.cpu_count() or 1
+    runs = tuple(runs) or (GPU_RUNS if device.startswith("cuda") else ())
     rows = []
-    for jobs, threads in sweep_layouts(cores):
+    for jobs, threads in sweep_layouts(cores, runs):
         command = [sys.executable, "-m", "diffmm", "bench", "--data", data, "--preset", preset, "--epochs",
-                   str(epochs), "--threads", str(threads), "--device", "cpu", "--no-probe"]
+                   str(epochs), "--threads", str(threads), "--device", device, "--no-probe"]
         children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
         outputs = [child.communicate()[0] for child in children]
         if any(child.returncode for child in children):
             raise RuntimeError(f"bench --sweep: a child failed ({' '.join(command)})")
         epochs_s = [json.loads(out.strip().splitlines()[-1])["run_epoch_s"] for out in outputs]
         epoch_s = statistics.median(epochs_s)
-        rows.append({"jobs": jobs, "threads": threads, "epoch_s": epoch_s, "epochs_s": epochs_s,
+        rows.append({"device": device, "jobs": jobs, "threads": threads, "epoch_s": epoch_s, "epochs_s": epochs_s,
                      "runs_per_hour": 3600 * jobs / (epoch_s * run_epochs), "run_epochs": run_epochs})
     best = max(r["runs_per_hour"] for r in rows)
     for r in rows:
@@ -277,12 +291,16 @@ def run_sweep_bench(data: str, preset: str, epochs: int, run_epochs: int, cores:
 
 def _cmd(args, extra) -> int:
     from diffmm.data import registry as datasets
+    from diffmm.utils import resolve_device
 
     if args.sweep:
-        rows = run_sweep_bench(args.data, args.preset, args.epochs, args.run_epochs)
+        device = str(resolve_device(args.device))
+        runs = tuple(int(n) for n in args.runs.split(",") if n.strip())
+        rows = run_sweep_bench(args.data, args.preset, args.epochs, args.run_epochs, device=device, runs=runs)
         for r in rows:
-            print(f"{r['jobs']} run(s) x {r['threads']} thread(s): {r['epoch_s']:.1f} s per epoch each -> "
-                  f"{r['runs_per_hour']:.2f} runs/hour of {r['run_epochs']} epochs ({r['relative']:.2f}x the best)")
+            print(f"{r['device']}: {r['jobs']} run(s) x {r['threads']} thread(s): {r['epoch_s']:.1f} s per epoch "
+                  f"each -> {r['runs_per_hour']:.2f} runs/hour of {r['run_epochs']} epochs "
+                  f"({r['relative']:.2f}x the best)")
         print(json.dumps({"sweep": rows}))
         return 0
     if args.threads:

@@ -141,6 +141,7 @@ def test_sweep_layouts_split_the_cores_evenly():
 
     assert sweep_layouts(2) == [(1, 2), (2, 1)]
     assert sweep_layouts(6) == [(1, 6), (2, 3), (3, 2), (6, 1)]
+    assert sweep_layouts(16, (1, 4, 8, 16, 32)) == [(1, 16), (4, 4), (8, 2), (16, 1), (32, 1)]
 
 
 @pytest.mark.slow

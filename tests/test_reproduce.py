@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,21 @@ def test_a_killed_sweep_restarted_gives_the_same_store(full, tmp_path):
         assert comparable(record) == comparable(uninterrupted[key]), key
         assert same_losses(record, uninterrupted[key]), key
     assert not list((tmp_path / "work").rglob("*.pt"))  # finished runs leave no checkpoints behind
+
+
+def test_train_only_trains_without_the_plotting_libraries(tmp_path):
+    """A training-only node (e.g. a GPU machine without plotly) stores records and draws nothing."""
+    code = ("import sys\n"
+            "for name in ('plotly', 'seaborn', 'matplotlib'): sys.modules[name] = None  # importing them fails\n"
+            "from diffmm.cli import main\n"
+            f"sys.exit(main(['reproduce', '--quick', '--only', 'search_mf_l2', '--train-only', '--no-progress', "
+            f"'--store', {str(tmp_path / 'store')!r}, '--out', {str(tmp_path / 'figures')!r}, "
+            f"'--work', {str(tmp_path / 'work')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["missing"] == 0
+    assert len(load_records(tmp_path / "store")) == 5
+    assert not (tmp_path / "figures").exists()
 
 
 def test_two_worker_processes(tmp_path):

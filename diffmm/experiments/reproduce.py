@@ -241,6 +241,9 @@ def add_parser(sub) -> None:
     p.add_argument("--address", help="Ray cluster address (--engine ray; default: start a local Ray)")
     p.add_argument("--status", action="store_true", help="print done / missing per analysis and the time left")
     p.add_argument("--render-only", action="store_true", help="draw the figures from the store, train nothing")
+    p.add_argument("--train-only", action="store_true",
+                   help="train what is missing, draw nothing (a machine that only trains, e.g. a GPU node whose "
+                        "records are merged into the store later; plotly and seaborn are then not needed)")
     p.add_argument("--quick", action="store_true",
                    help="the quick variants (synthetic data, few epochs, one seed) into runs/quick/")
     p.add_argument("--store", default=None, help=f"results store (default {STORE}; --quick: runs/quick/results)")
@@ -255,8 +258,9 @@ def add_parser(sub) -> None:
 
 def main(args, extra=()) -> int:
     from diffmm.experiments import analyses as declared
-    from diffmm.viz.reproduction import render
 
+    if args.render_only and args.train_only:
+        raise SystemExit("reproduce: --render-only and --train-only exclude each other")
     pool = declared.quick_analyses() if args.quick else declared.ANALYSES
     chosen = declared.select(args.only, pool)
     store = Path(args.store or ("runs/quick/results" if args.quick else STORE))
@@ -275,8 +279,10 @@ def main(args, extra=()) -> int:
 
         def redraw(name: str) -> None:  # figures follow the store as runs land (at most once a minute)
             nonlocal last_drawn
-            if time.monotonic() - last_drawn < 60:
+            if args.train_only or time.monotonic() - last_drawn < 60:
                 return
+            from diffmm.viz.reproduction import render
+
             job = next(j for j in missing if j.name == name)
             render([by_id[i] for i in job.analyses], load_records(store), out)
             last_drawn = time.monotonic()
@@ -285,6 +291,11 @@ def main(args, extra=()) -> int:
                           args.address, args.keep_runs, progress=not args.no_progress, on_done=redraw)
         if errors:
             print("\n".join(f"error: {e}" for e in errors))
+    if args.train_only:
+        print(summary_line(chosen, store, args.jobs))
+        return 1 if errors else 0
+    from diffmm.viz.reproduction import render
+
     records = load_records(store)
     written = render(chosen, records, out)
     if not args.only:  # the gallery lists every analysis
