@@ -39,7 +39,7 @@ def save_figure(fig: go.Figure, path: str | Path, png: bool | None = None, inclu
     base = Path(path).with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
     html = base.with_name(base.name + ".html")
-    fig.write_html(html, include_plotlyjs=include_plotlyjs)
+    fig.write_html(html, include_plotlyjs=include_plotlyjs, div_id=base.name)  # fixed id: same input, same bytes
     written = [html]
     if png is not False:
         target = base.with_name(base.name + ".png")

@@ -310,7 +310,8 @@ def render(analyses: Sequence[Analysis], records: dict[str, dict], out: str | Pa
                             if suffix == ".pdf" else None)
         plt.close(fig)
         with atomic_path(base.with_suffix(".html")) as tmp:
-            interactive_figure(analysis, runs, records).write_html(tmp, include_plotlyjs=plotlyjs,
-                                                                    full_html=True)
+            # a fixed div id: a redraw of unchanged numbers writes the same bytes (plotly's default is random)
+            interactive_figure(analysis, runs, records).write_html(tmp, include_plotlyjs=plotlyjs, full_html=True,
+                                                                    div_id=f"{analysis.dataset}-{analysis.name}")
         written += [base.with_suffix(s) for s in (".csv", ".png", ".pdf", ".html")]
     return written
