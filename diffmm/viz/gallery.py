@@ -53,7 +53,7 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
             delta = row[m] - first[m]
             parts.append(f"{row['label']} {row[m]:.4f} ({delta:+.4f})")
         best = others.loc[others[m].idxmax()]
-        verdict = (f"The best of the others, {best['label']}, is {first[m] - best[m]:+.4f} from {first['label']}; "
+        verdict = (f"{first['label']} minus the best of the others ({best['label']}): {first[m] - best[m]:+.4f}; "
                    f"{noise_text}.")
         return "Recall@20: " + "; ".join(parts) + ". " + verdict
     if analysis.kind == "line":
