@@ -55,7 +55,9 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "diffmm": Protocol("tiktok", {"layers": 3, "l2": 1e-4, "epochs": 300, "patience": 20, "progress": False},
                            "tiktok preset's model settings but 3 message-passing layers, chosen on validation "
                            "among 1 ... 4; up to 300 epochs, early stop after 20 validations"),
-        "lightgcn": Protocol(None, {"progress": False}, "3 layers, 64-d, L2 1e-4, early stop after 20 validations"),
+        "lightgcn": Protocol(None, {"l2": 1e-4, "progress": False},
+                             "3 layers, 64-d, L2 chosen on validation among 1e-4 ... 0.5; early stop after 20 "
+                             "validations"),
         "mf": Protocol(None, {"l2": 0.01, "progress": False},
                        "item bias, L2 0.01 chosen on validation among 1e-4 ... 0.5"),
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
@@ -232,6 +234,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     # datasets), then lambda2 (the authors' presets: 1e-4 TikTok, 1e-5 Baby, 1e-6 Sports) at those layers
     search("ml100k", "diffmm", "layers", (1, 2, 3, 4), "DiffMM", fixed={"l2": 1e-4}),
     search("ml100k", "diffmm", "l2", (1e-6, 1e-5, 1e-4, 1e-3), "DiffMM", fixed={"layers": 3}),
+    search("ml100k", "lightgcn", "l2", L2_GRID, "LightGCN"),  # DiffMM's closest baseline, searched as well
     comparison("ml100k", note="MovieLens-100k with text + genre modalities; no paper numbers"),
     ablation("ml100k"),
     fusion_ratio("ml100k", SEEDS3),
