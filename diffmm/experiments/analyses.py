@@ -233,7 +233,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     # DiffMM, coordinate-wise as the baselines' settings: the layers (the authors set one for their sparser
     # datasets), then lambda2 (the authors' presets: 1e-4 TikTok, 1e-5 Baby, 1e-6 Sports) at those layers
     search("ml100k", "diffmm", "layers", (1, 2, 3, 4), "DiffMM", fixed={"l2": 1e-4}),
-    search("ml100k", "diffmm", "l2", (1e-6, 1e-5, 1e-4, 1e-3), "DiffMM", fixed={"layers": 3}),
+    search("ml100k", "diffmm", "l2", (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3), "DiffMM", fixed={"layers": 3}),
     search("ml100k", "lightgcn", "l2", L2_GRID, "LightGCN"),  # DiffMM's closest baseline, searched as well
     comparison("ml100k", note="MovieLens-100k with text + genre modalities; no paper numbers"),
     ablation("ml100k"),
