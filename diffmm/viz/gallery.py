@@ -108,8 +108,8 @@ EXPLAIN = {
               "chosen on validation, the paper the best test epoch; our baselines are tuned on validation "
               "(MF-BPR here is twice the paper's)",
     "ml100k": "the paper has no MovieLens numbers: DiffMM runs with the settings its authors tuned for TikTok "
-              "(only its message-passing layers chosen on validation here), on a dense dataset (every rating "
-              "an interaction) with text + genre features",
+              "(only its message-passing layers and lambda2 chosen on validation here), on a dense dataset "
+              "(every rating an interaction) with text + genre features",
 }
 
 
