@@ -56,9 +56,9 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
                            "tiktok preset's model settings but chosen on validation one at a time: 3 message-"
                            "passing layers among 1 ... 4 (at lambda2 1e-4), then lambda2 1e-6 among 1e-8 ... 1e-3; "
                            "up to 300 epochs, early stop after 20 validations"),
-        "lightgcn": Protocol(None, {"l2": 1e-4, "progress": False},
-                             "3 layers, 64-d, L2 chosen on validation among 1e-6 ... 0.5; early stop after 20 "
-                             "validations"),
+        "lightgcn": Protocol(None, {"l2": 1e-6, "progress": False},
+                             "3 layers, 64-d, L2 1e-6 chosen on validation among 1e-6 ... 0.5 (1e-6 ... 1e-4 within "
+                             "0.001 of each other); early stop after 20 validations"),
         "mf": Protocol(None, {"l2": 0.01, "progress": False},
                        "item bias, L2 0.01 chosen on validation among 1e-4 ... 0.5"),
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
