@@ -54,7 +54,7 @@ class LogSumExpProduct(torch.autograd.Function):
         if needs_grad:
             grad_a = torch.empty(a_low.shape, dtype=acc, device=a.device)
             grad_o = torch.zeros(o.shape, dtype=acc, device=o.device)
-        # reused by every chunk; rows 64-byte aligned (diffmm.dense: ~1.5x faster products into it)
+        # reused by every chunk; rows 64-byte aligned (diffmm.dense; here 0-8% faster, measured 2026-12-01)
         buffer = aligned_empty(min(chunk, a_low.shape[0]), o.shape[0], acc, a.device)
         for start in range(0, a_low.shape[0], chunk):
             a_c = a_low[start:start + chunk]

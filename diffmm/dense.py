@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-ALIGN = 16  # floats per 64 bytes
-
 
 def aligned_empty(rows: int, cols: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """An uninitialised (rows, cols) tensor with row stride ``cols`` rounded up to a multiple of 64 bytes

@@ -279,7 +279,7 @@ def main(args, extra=()) -> int:
 
         def redraw(name: str) -> None:  # figures follow the store as runs land (at most once a minute)
             nonlocal last_drawn
-            if args.train_only or time.monotonic() - last_drawn < 60:
+            if time.monotonic() - last_drawn < 60:
                 return
             from diffmm.viz.reproduction import render
 
@@ -288,7 +288,8 @@ def main(args, extra=()) -> int:
             last_drawn = time.monotonic()
 
         errors = run_jobs(missing, store, work, args.jobs, args.device, args.threads, args.data_root, args.engine,
-                          args.address, args.keep_runs, progress=not args.no_progress, on_done=redraw)
+                          args.address, args.keep_runs, progress=not args.no_progress,
+                          on_done=None if args.train_only else redraw)
         if errors:
             print("\n".join(f"error: {e}" for e in errors))
     if args.train_only:
