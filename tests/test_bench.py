@@ -130,10 +130,9 @@ def test_fused_adam_takes_the_same_step_as_plain_adam(data):
             p.grad, c.grad = g.clone(), g.clone()
         fused.step()
         plain.step()
-    assert fused.defaults["fused"]
+    assert fused.param_groups[0]["fused"]
     for p, c in zip(params, copies):
         torch.testing.assert_close(p, c, rtol=1e-5, atol=1e-6)
-
 
 
 def test_sweep_layouts_split_the_cores_evenly():

@@ -141,9 +141,10 @@ def test_peak_rss_far_below_a_dense_matrix(model, n_users, n_items):
     assert increase_gb < dense_gb / 4, f"peak RSS grew by {increase_gb:.2f} GB (dense matrix: {dense_gb:.1f} GB)"
 
 
-def test_training_does_not_load_pandas(tmp_path):
+def test_training_does_not_load_pandas_or_torch_dynamo(tmp_path):
     """pandas (~33 MiB of RSS) loads only when a table is asked for: not by the CLI, the data, the
-    model or the epochs of a run; the run's own tables (history, per-user metrics) load it at the end."""
+    model or the epochs of a run; the run's own tables (history, per-user metrics) load it at the end.
+    torch._dynamo (~72 MiB, which torch.optim's optimisers import) never loads."""
     script = textwrap.dedent(f"""
         import sys
         from diffmm import cli
@@ -154,14 +155,25 @@ def test_training_does_not_load_pandas(tmp_path):
 
         class Check(Callback):
             def on_epoch_end(self, trainer, record):
-                assert "pandas" not in sys.modules, f"pandas loaded by epoch {{record['epoch']}}"
+                for module in ("pandas", "torch._dynamo"):
+                    assert module not in sys.modules, f"{{module}} loaded by epoch {{record['epoch']}}"
 
         data = datasets.load("synthetic", n_users=120, n_items=80, seed=1)
         assert "pandas" not in sys.modules, "pandas loaded by the CLI or the data"
         config = build_run_config("diffmm", overrides={{"epochs": 2, "progress": False}})
         result, _ = run(data, config, out_dir=r"{tmp_path / 'run'}", callbacks=[Check()])
-        print(len(result.history), "pandas" in sys.modules)
+        print(len(result.history), "pandas" in sys.modules, "torch._dynamo" in sys.modules)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["2", "True"]
+    assert done.stdout.split() == ["2", "True", "False"]
+
+
+@pytest.mark.parametrize("name", ["tiktok", "baby"])
+def test_reading_pickled_splits_does_not_load_pandas(shared_datasets, name):
+    """DiffMM's pickled-matrix datasets have integer ids: their reader needs no pandas."""
+    code = (f"import sys; from diffmm.data.registry import load; ds = load({name!r}, root={str(shared_datasets)!r}); "
+            "print(ds.train.nnz > 0, 'pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]

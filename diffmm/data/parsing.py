@@ -27,7 +27,6 @@ SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}  # MMRec's x_la
 
 def int_ids(values, source: str, field: str) -> np.ndarray:
     """Any 1-d array of ids -> int64, raising if a value is not a whole number."""
-    import pandas as pd
     values = np.asarray(values)
     if np.issubdtype(values.dtype, np.integer):
         return values.astype(np.int64)
@@ -36,7 +35,9 @@ def int_ids(values, source: str, field: str) -> np.ndarray:
         if not bad.any():
             return values.astype(np.int64)
         example = values[bad][0]
-    else:
+    else:  # strings or objects (text files): the only case that needs pandas
+        import pandas as pd
+
         as_num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
         bad = np.isnan(as_num) | (as_num != np.round(as_num))
         if not bad.any():

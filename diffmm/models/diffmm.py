@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from diffmm.config import DiffMMConfig
 from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.denoiser import frozen_weights
+from diffmm.optim import Adam
 from diffmm.data.dataset import RecDataset
 from diffmm.graph import (Adjacency, SparseRows, bipartite, csr_from_tensors, csr_to_tensors, edge_dropout,
                           sym_normalize, topk_interactions)
@@ -228,7 +229,7 @@ class DiffMM(Recommender):
         order = torch.randperm(self.n_users) if shuffle else torch.arange(self.n_users)
         yield from order.to(self.device).split(self.config.generator_batch_size)
 
-    def train_generators(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def train_generators(self, optimizer: Adam) -> dict[str, float]:
         """One pass over all users: each modality's generator minimises Eq. 24.
 
         A batch's loss is a mean over its users, so its gradient is accumulated over row chunks whose
