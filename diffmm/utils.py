@@ -47,7 +47,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 class DirectoryBusyError(RuntimeError):
-    """Another live process holds the directory's lock."""
+    """Another live process holds the directory's lock; ``holder`` is its pid (as the lock file says)."""
+
+    def __init__(self, message: str, holder: str = "unknown"):
+        super().__init__(message)
+        self.holder = holder
 
 
 @contextlib.contextmanager
@@ -72,7 +76,7 @@ def exclusive_directory(directory: str | os.PathLike) -> Iterator[Path]:
         except BlockingIOError:
             holder = lock.read_text().strip() or "unknown"
             raise DirectoryBusyError(f"{directory} is being written by another process (pid {holder}); wait for it "
-                                     "to finish, or write to another directory") from None
+                                     "to finish, or write to another directory", holder) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         for stale in directory.glob(".*.tmp"):  # no other writer exists: these are a killed write's leftovers

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from diffmm.experiments.runs import RunConfig
 from diffmm.experiments.analyses import Analysis
+from diffmm.utils import DirectoryBusyError
 from diffmm.experiments.store import code_version, load_records, make_record, read_record, run_key, write_record
 
 if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
@@ -151,15 +152,18 @@ def stored(job: Job, store: str | Path | None) -> dict | None:
     return read_record(path) if path is not None and path.exists() else None
 
 
-def _worker(args: tuple) -> tuple[str, float, str | None, dict | None]:
-    """One run in a worker process: (run name, seconds, error or None, record or None)."""
+def _worker(args: tuple) -> tuple[str, float, str | None, dict | None, str | None]:
+    """One run in a worker process: (run name, seconds, error or None, record or None, why it was left to
+    another process or None)."""
     job, store, work, device, threads, data_root, keep = args
     start = time.perf_counter()
     try:
         record = stored(job, store) or execute(job, None, work, device, threads, data_root, keep)
-        return job.name, time.perf_counter() - start, None, record
+        return job.name, time.perf_counter() - start, None, record, None
+    except DirectoryBusyError as busy:  # another sweep on this work folder is training it
+        return job.name, time.perf_counter() - start, None, None, f"pid {busy.holder}"
     except Exception as error:  # reported by the parent; the other runs go on
-        return job.name, time.perf_counter() - start, f"{type(error).__name__}: {error}", None
+        return job.name, time.perf_counter() - start, f"{type(error).__name__}: {error}", None, None
 
 
 # ------------------------------------------------------------------------------------ executors
@@ -168,7 +172,10 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
              engine: str = "local", address: str | None = None, keep: bool = False, progress: bool = True,
              callbacks: Sequence = (), on_done: Callable[[str], None] | None = None) -> list[str]:
     """Train every job; returns the errors ('<run>: <message>'). The progress bar counts estimated
-    seconds, so its time-left estimate weighs a DiffMM run more than a popularity run."""
+    seconds, so its time-left estimate weighs a DiffMM run more than a popularity run.
+
+    A run whose work directory another live process holds (a second sweep on the same folders) is left
+    to that process, with a line saying so: not an error, and not trained twice."""
     if not missing:
         return []
     code_version()  # the code that trains, read before any run (records name it)
@@ -182,7 +189,8 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     estimates = {j.name: j.estimate_s for j in missing}
     finished = 0
 
-    def done(name: str, seconds: float, error: str | None, record: dict | None = None) -> None:
+    def done(name: str, seconds: float, error: str | None, record: dict | None = None,
+             busy: str | None = None) -> None:
         nonlocal finished
         finished += 1
         if record is not None:  # from a worker: this process owns the store
@@ -192,6 +200,8 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
         if error:
             errors.append(f"{name}: {error}")
             bar.write(f"failed {name}: {error}")
+        elif busy:
+            bar.write(f"left {name} to the process training it ({busy})")
         else:
             bar.write(f"stored {name} ({seconds:.0f} s)")
             if on_done:
@@ -208,12 +218,14 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     elif jobs == 1:  # in this process (callbacks reach the Trainer); a failed run is reported, the rest go on
         for job in missing:
             start = time.perf_counter()
+            error = busy = None
             try:
                 execute(job, store, work, device, threads, data_root, keep, callbacks)
-                error = None
+            except DirectoryBusyError as held:
+                busy = f"pid {held.holder}"
             except Exception as failure:
                 error = f"{type(failure).__name__}: {failure}"
-            done(job.name, time.perf_counter() - start, error)
+            done(job.name, time.perf_counter() - start, error, busy=busy)
     else:
         import multiprocessing as mp
 
