@@ -300,3 +300,15 @@ def test_display_tables_are_narrow_and_hold_the_means(full):
             means = tables.point_table(analysis, runs).set_index("label")["recall@20 mean"]
             assert [float(v.split(" ")[0]) for v in shown[column]] == pytest.approx(means.round(4).tolist())
             assert len(shown.columns) <= 5
+
+
+def test_status_names_the_stored_runs_no_analysis_declares(full):
+    """Runs of an earlier protocol stay in the store (the record of what was measured); --status counts them."""
+    pool = list(declared.quick_analyses().values())
+    datasets = {a.dataset for a in pool}
+    assert reproduce.unplanned(pool, full / "store", datasets) == []
+    one = declared.select("table2_comparison", declared.quick_analyses())
+    keys = {run_key(a.dataset, c) for a in pool if a.dataset == one[0].dataset for _, _, c in a.runs()}
+    others = keys - {run_key(one[0].dataset, c) for _, _, c in one[0].runs()}
+    left = reproduce.unplanned(one, full / "store", {one[0].dataset})
+    assert others and {name.rsplit("-", 1)[1] for name in left} == others

@@ -236,6 +236,13 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     return errors
 
 
+def unplanned(analyses: Sequence[Analysis], store: str | Path, datasets: set[str]) -> list[str]:
+    """'<dataset>/<model>-<key>' of the stored runs of ``datasets`` that none of ``analyses`` declares."""
+    declared_keys = {run_key(a.dataset, c) for a in analyses for _, _, c in a.runs()}
+    return [f"{r['dataset']}/{r['model']}-{key}" for dataset in datasets
+            for key, r in load_records(store, dataset).items() if key not in declared_keys]
+
+
 def summary_line(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1) -> str:
     return json.dumps(status(analyses, store, jobs)[1])
 
@@ -281,6 +288,10 @@ def main(args, extra=()) -> int:
     table, missing = plan(chosen, store)
     if args.status:
         print(table.to_string(index=False))
+        kept = unplanned(list(pool.values()), store, {a.dataset for a in chosen})
+        if kept:
+            print(f"{len(kept)} stored runs belong to no declared analysis (earlier protocols; kept for the "
+                  f"record, never drawn): {', '.join(sorted(kept)[:3])}{', ...' if len(kept) > 3 else ''}")
         print(summary_line(chosen, store, args.jobs))
         return 0
     errors: list[str] = []
