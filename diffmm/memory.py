@@ -37,6 +37,33 @@ def configure() -> None:
     return_large_buffers_to_os()
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window for this process: Linux resets ``VmHWM`` when 5 is written to
+    ``/proc/self/clear_refs`` (nothing else is cleared). False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB since :func:`reset_peak_rss` (Linux ``VmHWM``), or
+    over its whole life where the kernel has no such window (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def set_threads(threads: int) -> None:
     """torch's CPU threads for this process (0: leave torch's default)."""
     if threads:

@@ -117,16 +117,20 @@ class FitResult:
     wall_s: float
     test_result: EvalResult | None = field(default=None, repr=False)  # per-user table at best_epoch
     run_id: str = ""  # the same in every file of a run directory (a resumed run keeps its id)
+    peak_rss_mib: float | None = None  # this process's peak RSS while it trained (since it (re)started the run)
+    peak_gpu_mib: float | None = None  # on CUDA: the most memory torch held allocated on the device
 
     def summary(self, metric: str = "recall@20", other: str = "ndcg@20") -> str:
         return (f"best epoch {self.best_epoch} (of {self.epochs_run}, selected on valid {metric}) | "
                 f"test {metric} {self.test[metric]:.4f} {other} {self.test[other]:.4f} | "
                 f"optimistic best-test {metric} {self.optimistic_test[metric]:.4f} "
-                f"(epoch {self.optimistic_epoch[metric]}) | {self.wall_s:.0f}s")
+                f"(epoch {self.optimistic_epoch[metric]}) | {self.wall_s:.0f}s"
+                + (f" | peak RSS {self.peak_rss_mib:.0f} MiB" if self.peak_rss_mib else "")
+                + (f", GPU {self.peak_gpu_mib:.0f} MiB" if self.peak_gpu_mib else ""))
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
-                "wall_s": self.wall_s,
+                "wall_s": self.wall_s, "peak_rss_mib": self.peak_rss_mib, "peak_gpu_mib": self.peak_gpu_mib,
                 "valid": self.valid, "test": self.test,
                 "optimistic_test": self.optimistic_test, "optimistic_epoch": self.optimistic_epoch}
 
@@ -224,6 +228,9 @@ class Trainer:
         start = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        memory.reset_peak_rss()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         best_test_result = None
         stop = False
         while self.model.trainable and self.epoch < cfg.epochs and not stop:
@@ -245,7 +252,9 @@ class Trainer:
             self.history.append(record)
         if best_test_result is None:  # resumed after the best epoch: rebuild its table
             best_test_result = self._best_test_from_checkpoint()
-        result = self._result(time.perf_counter() - start, best_test_result)
+        peaks = (memory.peak_rss_mib(),
+                 torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None)
+        result = self._result(time.perf_counter() - start, best_test_result, *peaks)
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
         return result
@@ -284,7 +293,8 @@ class Trainer:
         self.model.load_state_dict(current)
         return result
 
-    def _result(self, wall_s: float, test_result: EvalResult | None) -> FitResult:
+    def _result(self, wall_s: float, test_result: EvalResult | None, peak_rss_mib: float | None = None,
+                peak_gpu_mib: float | None = None) -> FitResult:
         import pandas as pd
         history = pd.DataFrame(self.history)
         optimistic, optimistic_epoch = {}, {}
@@ -294,7 +304,7 @@ class Trainer:
                 optimistic[column[5:]] = float(history.loc[idx, column])
                 optimistic_epoch[column[5:]] = int(history.loc[idx, "epoch"])
         return FitResult(self.best["epoch"], self.best["valid"], self.best["test"], optimistic, optimistic_epoch,
-                         history, self.epoch, wall_s, test_result, self.run_id)
+                         history, self.epoch, wall_s, test_result, self.run_id, peak_rss_mib, peak_gpu_mib)
 
     # ---------------------------------------------------------- checkpoints
     def run_signature(self) -> dict:

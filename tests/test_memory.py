@@ -177,3 +177,43 @@ def test_reading_pickled_splits_does_not_load_pandas(shared_datasets, name):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_a_run_reports_its_own_peak_rss(tmp_path):
+    """FitResult.peak_rss_mib covers the run, not what the process held before it (Linux resets the
+    window); the store's record carries it."""
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        from diffmm import datasets, memory
+        from diffmm.experiments.runs import build_run_config, run
+
+        if not memory.reset_peak_rss():
+            print(json.dumps(None)); sys.exit()
+        big = np.ones(400 * 2**20 // 8)  # 400 MiB, touched, then freed before the run
+        before = memory.peak_rss_mib()
+        del big
+        data = datasets.load("synthetic", n_users=120, n_items=80, seed=1)
+        config = build_run_config("mf", overrides={"epochs": 2, "progress": False})
+        result, _ = run(data, config)
+        print(json.dumps([before, result.peak_rss_mib, memory.peak_rss_mib()]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    if peaks is None:
+        pytest.skip("this kernel cannot reset the peak RSS")
+    before, run_peak, after = peaks
+    assert before > 400 and 0 < run_peak < before - 300 and run_peak <= after
+
+
+def test_the_record_carries_the_peak_rss():
+    from diffmm import datasets
+    from diffmm.experiments.runs import build_run_config, run
+    from diffmm.experiments.store import make_record
+
+    data = datasets.load("synthetic", n_users=60, n_items=40, seed=1)
+    config = build_run_config("mf", overrides={"epochs": 1, "progress": False})
+    result, _ = run(data, config)
+    record = make_record(data, config, result, device="cpu", threads=1)
+    assert record["peak_rss_mib"] == result.peak_rss_mib > 0 and record["peak_gpu_mib"] is None

@@ -18,7 +18,7 @@ from diffmm.experiments.store import RecordError, load_records, read_record, run
 from diffmm.train import Callback
 from diffmm.viz.gallery import gallery_markdown
 
-VOLATILE = ("finished", "wall_s", "epoch_s", "code", "threads", "python", "torch")
+VOLATILE = ("finished", "wall_s", "epoch_s", "code", "threads", "python", "torch", "peak_rss_mib", "peak_gpu_mib")
 
 
 def quick(tmp, *extra):

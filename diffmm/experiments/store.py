@@ -136,6 +136,7 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int) -
         "python": platform.python_version(), "torch": __import__("torch").__version__,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": result.wall_s,
+        "peak_rss_mib": result.peak_rss_mib, "peak_gpu_mib": result.peak_gpu_mib,
         "epoch_s": float(epoch_times.median()) if len(epoch_times) else None,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "valid": result.valid, "test": result.test,
