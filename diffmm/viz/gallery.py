@@ -267,7 +267,7 @@ def gallery_markdown(analyses: Sequence[Analysis], records: dict[str, dict]) -> 
     """The text of ``figures/README.md`` for these analyses."""
     lines = ["# Figures: the paper's analyses, reproduced", "",
              "Every figure below is drawn from the results store in `results/` (one JSON record per training run: "
-             "config, code version, seed, device, wall time, metrics, per-epoch history) by",
+             "config, code version, seed, device, wall time, peak memory (runs stored from 2026-12-01 on), metrics, per-epoch history) by",
              "", "```bash", "python -m diffmm reproduce --render-only        # redraw all of them, no training",
              "python -m diffmm reproduce --status             # what is stored, what is missing", "```", "",
              "Each comes as `.png` and `.pdf` (static), `.html` (interactive: hover for every number) and `.csv` "
