@@ -219,6 +219,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("tiktok", "vbpr", "projection_l2", PROJECTION_L2_GRID, "VBPR", fixed={"l2": 1e-3}),
     search("tiktok", "vbpr", "l2", L2_GRID, "VBPR", fixed={"projection_l2": 0.1},
            name="search_vbpr_l2_given_projection_l2"),
+    search("tiktok", "lightgcn", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN"),  # DiffMM's closest baseline
     comparison("tiktok", PAPER_TABLE2_TIKTOK, TIKTOK_NOTE),
     sparsity("tiktok"),
     ablation("tiktok", PAPER_TABLE3_TIKTOK),
