@@ -65,3 +65,25 @@ def test_full_generator_chunks_leave_the_heap():
     for items in (5_000, 6_710, 10_000, 18_357, 40_000, 100_000):
         rows = GENERATOR_CHUNK_BYTES // (4 * items)
         assert rows * items * 4 > MMAP_THRESHOLD_BYTES, items
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_freed_step_buffers_stay_until_the_explicit_trim():
+    """Buffers below the mmap threshold, freed at the heap's top, stay mapped (the next BPR step reuses
+    them without page faults) until :func:`trim_heap`; glibc's 128 KiB trim threshold would drop them."""
+    script = textwrap.dedent("""
+        from diffmm.memory import return_large_buffers_to_os, trim_heap
+        assert return_large_buffers_to_os()  # before torch loads, as diffmm.memory.configure does
+        import torch
+        def rss_mb():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+        base = rss_mb()
+        buffers = [torch.ones(1 << 20) for _ in range(6)]  # 4 MB each, on the heap, touched
+        buffers.clear()
+        kept = rss_mb() - base
+        trim_heap()
+        print(kept, rss_mb() - base)
+    """)
+    kept, after_trim = map(float, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                                 check=True).stdout.split())
+    assert kept > 20 and after_trim < kept - 16, (kept, after_trim)  # 24 MB freed; 128 KiB: ~10 MB kept
