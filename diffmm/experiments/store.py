@@ -1,7 +1,8 @@
 """The results store: one small JSON record per finished run, committed under ``figures/results/``.
 
 A record holds what a figure or a reader needs and nothing heavy (no checkpoints): the full config,
-the data fingerprint, the code version, seed, device, wall time, the validation-selected test
+the data fingerprint, the code version, seed, device, wall time, peak memory (host RSS; on CUDA also the
+device's; records from 2026-12-01 on), the validation-selected test
 metrics, the optimistic (best-test-epoch) ones, the late-epoch mean, the per-epoch history and the
 test metrics summed per number of training interactions (any activity grouping of the sparsity
 figure is a sum over those rows). Layout::
