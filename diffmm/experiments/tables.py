@@ -26,7 +26,7 @@ EQUAL_GROUPS = 4
 
 def run_frame(analysis: Analysis, records: dict[str, dict]) -> pd.DataFrame:
     """One row per stored run of the analysis: label, coordinates, seed, and the test metrics
-    (validation-selected, late-epoch mean, optimistic), wall time."""
+    (validation-selected, late-epoch mean, optimistic), wall time, peak memory where recorded."""
     rows = []
     for point, seed, config in analysis.runs():
         record = records.get(run_key(analysis.dataset, config))
@@ -34,7 +34,8 @@ def run_frame(analysis: Analysis, records: dict[str, dict]) -> pd.DataFrame:
             continue
         row = {"label": point.label, "model": point.model, **point.coords, "seed": seed, "key": record["key"],
                "best_epoch": record["best_epoch"], "epochs": record.get("epochs_run"),
-               "wall_s": record.get("wall_s"), "epoch_s": record.get("epoch_s")}
+               "wall_s": record.get("wall_s"), "epoch_s": record.get("epoch_s"),
+               "peak_rss_mib": record.get("peak_rss_mib"), "peak_gpu_mib": record.get("peak_gpu_mib")}
         test = analysis.split == "test"  # a search draws validation metrics: no late / optimistic test values
         for m in METRICS:
             row[m] = record[analysis.split].get(m)
@@ -42,7 +43,7 @@ def run_frame(analysis: Analysis, records: dict[str, dict]) -> pd.DataFrame:
             row[f"optimistic {m}"] = record["optimistic_test"].get(m) if test else np.nan
         rows.append(row)
     columns = ["label", "model", *analysis.x, "seed", "key", "best_epoch", "epochs", "wall_s", "epoch_s",
-               *[f"{p}{m}" for m in METRICS for p in ("", "late ", "optimistic ")]]
+               "peak_rss_mib", "peak_gpu_mib", *[f"{p}{m}" for m in METRICS for p in ("", "late ", "optimistic ")]]
     return pd.DataFrame(rows, columns=columns)
 
 
