@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from diffmm import memory
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.contrastive import ROW_MULTIPLE
 from diffmm.data.dataset import RecDataset
@@ -163,11 +163,6 @@ def epoch_flops(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig) -> E
                       plain_graph_generation, step_projections + plain_cl)
 
 
-def peak_rss_mb() -> float:
-    """The process's peak resident set size in MiB (2^20 bytes; Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs: int = 2,
               precision: str = "fp32", probe: bool = True) -> dict:
     """Train ``epochs`` epochs and return the measurements (phase times are medians over epochs, on
@@ -205,7 +200,8 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
                gflops_fp32=rates["fp32"] / 1e9, gflops_bf16=rates["bf16"] / 1e9 if "bf16" in rates else None,
                precision=precision,
                gflops_before_after={k: [before[k] / 1e9, after[k] / 1e9] for k in before},
-               peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), device=device,
+               peak_rss_mb=memory.peak_rss_mib(),  # since training started (Trainer.fit)
+               threads=torch.get_num_threads(), device=device,
                valid_recall20=float(h["valid_recall@20"].iloc[-1]), epochs=epochs,
                flops={k: v / 1e12 for k, v in vars(flops).items()})
     out["epoch_over_floor"] = out["epoch_s"] / out["floor_s"]

@@ -152,18 +152,23 @@ def stored(job: Job, store: str | Path | None) -> dict | None:
     return read_record(path) if path is not None and path.exists() else None
 
 
-def _worker(args: tuple) -> tuple[str, float, str | None, dict | None, str | None]:
-    """One run in a worker process: (run name, seconds, error or None, record or None, why it was left to
-    another process or None)."""
-    job, store, work, device, threads, data_root, keep = args
+def _attempt(name: str, action: Callable[[], dict | None]) -> tuple[str, float, str | None, dict | None, str | None]:
+    """Run one job's ``action``: (run name, seconds, error or None, its result or None, why it was left
+    to another process or None). A failure is reported, not raised: the other runs go on."""
     start = time.perf_counter()
     try:
-        record = stored(job, store) or execute(job, None, work, device, threads, data_root, keep)
-        return job.name, time.perf_counter() - start, None, record, None
+        result = action()
+        return name, time.perf_counter() - start, None, result, None
     except DirectoryBusyError as busy:  # another sweep on this work folder is training it
-        return job.name, time.perf_counter() - start, None, None, f"pid {busy.holder}"
-    except Exception as error:  # reported by the parent; the other runs go on
-        return job.name, time.perf_counter() - start, f"{type(error).__name__}: {error}", None, None
+        return name, time.perf_counter() - start, None, None, f"pid {busy.holder}"
+    except Exception as error:
+        return name, time.perf_counter() - start, f"{type(error).__name__}: {error}", None, None
+
+
+def _worker(args: tuple) -> tuple[str, float, str | None, dict | None, str | None]:
+    """One run in a worker process (:func:`_attempt`'s outcome; the record goes back to the parent)."""
+    job, store, work, device, threads, data_root, keep = args
+    return _attempt(job.name, lambda: stored(job, store) or execute(job, None, work, device, threads, data_root, keep))
 
 
 # ------------------------------------------------------------------------------------ executors
@@ -216,16 +221,10 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     elif engine != "local":
         raise ValueError(f"--engine must be 'local' or 'ray', got '{engine}'")
     elif jobs == 1:  # in this process (callbacks reach the Trainer); a failed run is reported, the rest go on
-        for job in missing:
-            start = time.perf_counter()
-            error = busy = None
-            try:
-                execute(job, store, work, device, threads, data_root, keep, callbacks)
-            except DirectoryBusyError as held:
-                busy = f"pid {held.holder}"
-            except Exception as failure:
-                error = f"{type(failure).__name__}: {failure}"
-            done(job.name, time.perf_counter() - start, error, busy=busy)
+        for job in missing:  # execute writes the record itself: none goes to done()
+            name, seconds, error, _, busy = _attempt(
+                job.name, lambda: execute(job, store, work, device, threads, data_root, keep, callbacks))
+            done(name, seconds, error, busy=busy)
     else:
         import multiprocessing as mp
 
