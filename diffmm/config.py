@@ -185,7 +185,8 @@ class BM3Config(ConfigBase):
     layers: int = 1  # L: LightGCN layers, Eq. 2-3 (authors' README, best on Baby and Sports: 1)
     dropout: float = 0.5  # p: dropout ratio making the target views (README, Baby and Sports: 0.5)
     l2: float = 0.1  # lambda on (||H_u|| + ||H_i||) / n_items, as the authors' code (README: Baby 0.1, Sports 0.01)
-    alignment_weight: float = 1.0  # weight of L_align + L_mask (paper: 1, a plain sum; authors' code cl_weight = 2)
+    alignment_weight: float = 2.0  # weight of L_align + L_mask (authors' code: cl_weight = 2; the paper's plain sum: 1)
+    fine_tune_features: bool = True  # train the raw features f^m too (authors' code: from_pretrained(freeze=False))
 
     def validate(self):
         _positive(self, "dim")

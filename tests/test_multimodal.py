@@ -209,11 +209,16 @@ def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny):
     assert model.modality_logits.grad is not None
 
 
-def test_bm3_score_and_loss_match_the_paper(tiny):
-    cfg = BM3Config(dim=4, layers=1, dropout=0.0, l2=0.05, alignment_weight=1.5)
+@pytest.mark.parametrize("fine_tune", [True, False])
+def test_bm3_score_and_loss_match_the_paper(tiny, fine_tune):
+    cfg = BM3Config(dim=4, layers=1, dropout=0.0, l2=0.05, alignment_weight=1.5, fine_tune_features=fine_tune)
+    before = raw(tiny)
     model = BM3(tiny, cfg)
-    w, f = set_weights(model), raw(tiny)
+    w = set_weights(model)
     w = {k: v.requires_grad_(True) for k, v in w.items()}
+    # fine-tuned features are parameters (set_weights overwrote them), fixed ones the dataset's arrays
+    f = {m: w[f"raw_{m}"] for m in tiny.item_features} if fine_tune else raw(tiny)
+    assert {f"raw_{m}" for m in tiny.item_features} <= set(w) if fine_tune else not any("raw_" in k for k in w)
 
     def predictor(x):
         return x @ w["predictor.weight"].T + w["predictor.bias"]
@@ -242,6 +247,8 @@ def test_bm3_score_and_loss_match_the_paper(tiny):
     assert_close(model.loss(USERS, POS, torch.zeros_like(NEG))["loss"], out["loss"])
     model.config = cfg.replace(dropout=0.5)
     assert torch.isfinite(model.loss(USERS, POS, NEG)["loss"])
+    for m, feats in raw(tiny).items():  # the model trains a copy, never the dataset's arrays
+        assert torch.equal(feats, before[m])
 
 
 # ------------------------------------------------------------------ end to end

@@ -24,12 +24,20 @@ from diffmm.models.baselines import LightGCN
 
 
 # ------------------------------------------------------------------ shared pieces
-def register_features(model: nn.Module, dataset: RecDataset) -> list[str]:
-    """Store each modality's (n_items, d_m) features as a buffer ``raw_<name>``; returns the names."""
+def register_features(model: nn.Module, dataset: RecDataset, trainable: bool = False) -> list[str]:
+    """Store each modality's (n_items, d_m) features as ``raw_<name>``; returns the names.
+
+    Fixed features are a buffer, rebuilt from the dataset and not checkpointed; ``trainable`` ones a
+    parameter initialised from them (``nn.Embedding.from_pretrained(f, freeze=False)`` in MMRec-style code).
+    """
     if not dataset.item_features:
         raise ValueError(f"{type(model).__name__} needs item features; dataset '{dataset.name}' has no modality")
     for m, feats in dataset.item_features.items():
-        model.register_buffer(f"raw_{m}", torch.from_numpy(np.asarray(feats, dtype=np.float32)), persistent=False)
+        tensor = torch.from_numpy(np.asarray(feats, dtype=np.float32))
+        if trainable:  # a copy: training never writes into the dataset's arrays
+            model.register_parameter(f"raw_{m}", nn.Parameter(tensor.clone()))
+        else:
+            model.register_buffer(f"raw_{m}", tensor, persistent=False)
     return list(dataset.item_features)
 
 
@@ -324,9 +332,9 @@ class BM3(Recommender):
     Xavier-normal projections and predictor, and Eq. 2 in LightGCN's form: Eq. 2 is a GCN layer
     sigma(A^ H^l W^l) with A^ = D^-1/2 (A + I) D^-1/2; here, as in that code, no sigma, no W^l and no
     self-loops (D^-1/2 A D^-1/2); and lambda's term, (||H_u||_F + ||H_i||_F) / n_items over the whole
-    online tables (the form the published lambdas were tuned for). Unlike that code, the raw features f^m
-    stay fixed (the code fine-tunes them) and L_align + L_mask have weight ``alignment_weight`` = 1 (the
-    code's cl_weight is 2).
+    online tables (the form the published lambdas were tuned for); the raw features f^m fine-tuned with
+    the rest (``fine_tune_features``) and L_align + L_mask weighted by the code's cl_weight = 2
+    (``alignment_weight``; the paper's plain sum is 1).
 
     Args:
         dataset: interactions and ``item_features`` (any number of modalities).
@@ -336,7 +344,7 @@ class BM3(Recommender):
     def __init__(self, dataset: RecDataset, config: BM3Config | None = None):
         super().__init__(dataset)
         self.config = cfg = config or BM3Config()
-        self.modalities = register_features(self, dataset)
+        self.modalities = register_features(self, dataset, trainable=cfg.fine_tune_features)
         self._train = dataset.train
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, cfg.dim)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, cfg.dim)))
