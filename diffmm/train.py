@@ -119,6 +119,7 @@ class FitResult:
     run_id: str = ""  # the same in every file of a run directory (a resumed run keeps its id)
     peak_rss_mib: float | None = None  # this process's peak RSS while it trained (since it (re)started the run)
     peak_gpu_mib: float | None = None  # on CUDA: the most memory torch held allocated on the device
+    cpu_s: float | None = None  # process CPU time (all threads) spent training, over every (re)start of the run
 
     def summary(self, metric: str = "recall@20", other: str = "ndcg@20") -> str:
         return (f"best epoch {self.best_epoch} (of {self.epochs_run}, selected on valid {metric}) | "
@@ -130,7 +131,7 @@ class FitResult:
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
-                "wall_s": self.wall_s, "peak_rss_mib": self.peak_rss_mib, "peak_gpu_mib": self.peak_gpu_mib,
+                "wall_s": self.wall_s, "cpu_s": self.cpu_s, "peak_rss_mib": self.peak_rss_mib, "peak_gpu_mib": self.peak_gpu_mib,
                 "valid": self.valid, "test": self.test,
                 "optimistic_test": self.optimistic_test, "optimistic_epoch": self.optimistic_epoch}
 
@@ -226,6 +227,8 @@ class Trainer:
         """Train until ``epochs`` or early stopping; return validation-selected results."""
         cfg = self.config
         start = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+        # CPU time counts what the run used, however many other processes shared the cores
+        cpu_start = time.process_time() - ((self.history[-1].get("cpu_s") or 0.0) if self.history else 0.0)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         memory.reset_peak_rss()
@@ -239,6 +242,7 @@ class Trainer:
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
                 best_test_result = self._validate(record) or best_test_result
             record["elapsed_s"] = time.perf_counter() - start
+            record["cpu_s"] = time.process_time() - cpu_start
             self.history.append(record)
             stop = self._patience_exhausted()
             for cb in self.callbacks:
@@ -249,12 +253,13 @@ class Trainer:
             record = {"epoch": 0}
             best_test_result = self._validate(record)
             record["elapsed_s"] = time.perf_counter() - start
+            record["cpu_s"] = time.process_time() - cpu_start
             self.history.append(record)
         if best_test_result is None:  # resumed after the best epoch: rebuild its table
             best_test_result = self._best_test_from_checkpoint()
         peaks = (memory.peak_rss_mib(),
                  torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None)
-        result = self._result(time.perf_counter() - start, best_test_result, *peaks)
+        result = self._result(time.perf_counter() - start, best_test_result, *peaks, time.process_time() - cpu_start)
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
         return result
@@ -294,7 +299,7 @@ class Trainer:
         return result
 
     def _result(self, wall_s: float, test_result: EvalResult | None, peak_rss_mib: float | None = None,
-                peak_gpu_mib: float | None = None) -> FitResult:
+                peak_gpu_mib: float | None = None, cpu_s: float | None = None) -> FitResult:
         import pandas as pd
         history = pd.DataFrame(self.history)
         optimistic, optimistic_epoch = {}, {}
@@ -304,7 +309,7 @@ class Trainer:
                 optimistic[column[5:]] = float(history.loc[idx, column])
                 optimistic_epoch[column[5:]] = int(history.loc[idx, "epoch"])
         return FitResult(self.best["epoch"], self.best["valid"], self.best["test"], optimistic, optimistic_epoch,
-                         history, self.epoch, wall_s, test_result, self.run_id, peak_rss_mib, peak_gpu_mib)
+                         history, self.epoch, wall_s, test_result, self.run_id, peak_rss_mib, peak_gpu_mib, cpu_s)
 
     # ---------------------------------------------------------- checkpoints
     def run_signature(self) -> dict:

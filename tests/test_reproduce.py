@@ -18,7 +18,7 @@ from diffmm.experiments.store import RecordError, load_records, read_record, run
 from diffmm.train import Callback
 from diffmm.viz.gallery import gallery_markdown
 
-VOLATILE = ("finished", "wall_s", "epoch_s", "code", "threads", "python", "torch", "peak_rss_mib", "peak_gpu_mib")
+VOLATILE = ("finished", "wall_s", "cpu_s", "epoch_s", "code", "threads", "python", "torch", "peak_rss_mib", "peak_gpu_mib")
 
 
 def quick(tmp, *extra):
@@ -184,6 +184,39 @@ def test_the_key_ignores_runtime_settings_only():
     assert run_key("tiktok", old) == run_key("tiktok", config)
 
 
+def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path):
+    """BM3's features became fine-tuned by default: a record written before, without the field, ran with
+    them fixed, and is found under that config's key, not the new default's."""
+    (_, _, config), *_ = declared.ANALYSES["tiktok/search_bm3_dropout"].runs()
+    assert config.model_config.fine_tune_features
+    fixed = config.replace(model_config=config.model_config.replace(fine_tune_features=False))
+    old = {k: v for k, v in config.to_dict()["model_config"].items() if k != "fine_tune_features"}
+    record = {"key": "x", "dataset": "tiktok", "model": "bm3", "seed": 421, "test": {}, "valid": {},
+              "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {},
+              "config": {**config.to_dict(), "model_config": old}}
+    (tmp_path / "tiktok").mkdir()
+    (tmp_path / "tiktok" / "bm3-old.json").write_text(json.dumps(record))
+    (key, loaded), = load_records(tmp_path).items()
+    assert key == run_key("tiktok", fixed) != run_key("tiktok", config)
+    assert loaded["config"]["model_config"]["fine_tune_features"] is False
+
+
+def test_the_time_estimate_counts_core_seconds(monkeypatch):
+    records = [{"dataset": "d", "model": "mf", "wall_s": 100.0, "threads": 2, "cpu_s": 150.0},  # CPU time
+               {"dataset": "d", "model": "mf", "wall_s": 300.0, "threads": 1},  # no CPU time: wall x threads
+               {"dataset": "d", "model": "mf", "wall_s": 400.0, "threads": 1, "cpu_s": 90.0},  # shared cores
+               {"dataset": "d", "model": "mf", "wall_s": 5.0, "device": "cuda", "cpu_s": 5.0}]  # not a CPU run
+    assert reproduce.cost_s("d", "mf", records) == 150.0  # the median of 150, 300, 90
+    assert reproduce.cost_s("d", "lightgcn", records) == reproduce.DEFAULT_COST_S.get(("d", "lightgcn"), 120.0)
+    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 8)
+    assert reproduce.cores_used() == 8 and reproduce.cores_used(jobs=3) == 6  # 3 runs x 2 threads
+    assert reproduce.cores_used(jobs=4, threads=4) == 8 and reproduce.cores_used(jobs=2, threads=1) == 2
+    chosen = declared.select("tiktok/table3_ablation")
+    _, one = reproduce.status(chosen, store="/nonexistent", jobs=1, threads=1)
+    _, all_cores = reproduce.status(chosen, store="/nonexistent")
+    assert one["missing"] == 12 and one["estimated_hours"] == pytest.approx(8 * all_cores["estimated_hours"], 1e-2)
+
+
 def test_shared_points_are_declared_once():
     table, missing = reproduce.plan(declared.select("tiktok"), store="/nonexistent")
     per_analysis = table.set_index("analysis")["runs"]
@@ -197,10 +230,10 @@ def test_shared_points_are_declared_once():
 
 def test_each_analysis_trains_its_cheapest_runs_first(monkeypatch):
     cost = {"popularity": 1.0, "mf": 2.0, "lightgcn": 5.0, "diffmm": 100.0}
-    monkeypatch.setattr(reproduce, "estimate_s", lambda dataset, model, records: cost.get(model, 10.0))
+    monkeypatch.setattr(reproduce, "cost_s", lambda dataset, model, records: cost.get(model, 10.0))
     analyses = declared.select("tiktok/table2_comparison,tiktok/table3_ablation")
     _, missing = reproduce.plan(analyses, store="/nonexistent")
-    order = [(analyses.index(declared.ANALYSES[j.analyses[0]]), j.estimate_s) for j in missing]
+    order = [(analyses.index(declared.ANALYSES[j.analyses[0]]), j.cost_s) for j in missing]
     assert order == sorted(order) and order[0] == (0, 1.0) and order[-1] == (1, 100.0)
     assert [j.config.model for j in missing].index("diffmm") > [j.config.model for j in missing].index("vbpr")
 

@@ -71,6 +71,9 @@ def test_resume_continues_exactly(data, tmp_path):
     resumed = Trainer(build_model("lightgcn", data), data, cfg, out_dir=tmp_path, resume=True).fit()
     assert resumed.epochs_run == 4
     np.testing.assert_allclose(resumed.history["train_loss"], full.history["train_loss"], rtol=1e-5)
+    # wall and CPU time add up over the two starts
+    assert resumed.history["cpu_s"].is_monotonic_increasing and resumed.cpu_s >= resumed.history["cpu_s"].iloc[-1] > 0
+    assert resumed.history["elapsed_s"].is_monotonic_increasing
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -36,11 +36,11 @@ if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 M
 
 STORE = Path("figures/results")
 WORK = Path("runs/reproduce")
-# Seconds per run on this project's 2-core CPU machine (2 threads), used until the store holds runs
-# of the same dataset and model to estimate from.
-DEFAULT_COST_S = {("tiktok", "diffmm"): 3000.0, ("tiktok", "lightgcn"): 430.0, ("tiktok", "mf"): 260.0,
-                  ("ml100k", "diffmm"): 1200.0, ("ml100k", "lightgcn"): 370.0, ("ml100k", "mf"): 80.0,
-                  **{(d, m): 600.0 for d in ("tiktok", "ml100k") for m in ("vbpr", "lightgcn-m", "lattice", "bm3")}}
+# CPU core-seconds per run (one run with 2 threads on this project's 2-core machine: twice its wall time),
+# used until the store holds runs of the same dataset and model to estimate from.
+DEFAULT_COST_S = {("tiktok", "diffmm"): 3000.0, ("tiktok", "lightgcn"): 860.0, ("tiktok", "mf"): 520.0,
+                  ("ml100k", "diffmm"): 2400.0, ("ml100k", "lightgcn"): 740.0, ("ml100k", "mf"): 160.0,
+                  **{(d, m): 1200.0 for d in ("tiktok", "ml100k") for m in ("vbpr", "lightgcn-m", "lattice", "bm3")}}
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Job:
     config: RunConfig
     key: str
     analyses: list[str]
-    estimate_s: float = 0.0
+    cost_s: float = 0.0  # estimated CPU core-seconds
 
     @property
     def name(self) -> str:
@@ -78,28 +78,47 @@ def plan(analyses: Sequence[Analysis], store: str | Path = STORE) -> tuple[pd.Da
         rows.append({"analysis": analysis.id, "runs": len(unique), "done": len(unique & set(records)),
                      "missing": len(unique - set(records))})
     for job in jobs.values():
-        job.estimate_s = estimate_s(job.dataset, job.config.model, records.values())
+        job.cost_s = cost_s(job.dataset, job.config.model, records.values())
     table = pd.DataFrame(rows, columns=["analysis", "runs", "done", "missing"])
     # analyses in declaration order; within one, the cheapest runs first, so its table fills in soonest
     first = {a.id: i for i, a in enumerate(analyses)}
-    return table, sorted(jobs.values(), key=lambda j: (first[j.analyses[0]], j.estimate_s))
+    return table, sorted(jobs.values(), key=lambda j: (first[j.analyses[0]], j.cost_s))
 
 
-def estimate_s(dataset: str, model: str, records) -> float:
-    """Median wall time of stored CPU runs of this dataset and model, else :data:`DEFAULT_COST_S`."""
-    walls = [r["wall_s"] for r in records if r["dataset"] == dataset and r["model"] == model
+def cost_s(dataset: str, model: str, records) -> float:
+    """CPU core-seconds of one run: the median over stored CPU runs of this dataset and model, else
+    :data:`DEFAULT_COST_S`.
+
+    A record's cost is the process CPU time it trained for (``cpu_s``), which does not grow when other
+    runs share the cores, as wall time does; records without it count wall time x threads.
+    """
+    costs = [r.get("cpu_s") or r["wall_s"] * (r.get("threads") or 1) for r in records
+             if r["dataset"] == dataset and r["model"] == model
              and str(r.get("device", "cpu")).startswith("cpu") and r.get("wall_s")]
-    if walls:
-        return float(statistics.median(walls))
-    return DEFAULT_COST_S.get((dataset, model), 60.0)
+    if costs:
+        return float(statistics.median(costs))
+    return DEFAULT_COST_S.get((dataset, model), 120.0)
 
 
-def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1) -> tuple[pd.DataFrame, dict]:
-    """The per-analysis table and the summary line {done, missing, estimated_hours} (runs counted once)."""
+def cores_used(jobs: int = 1, threads: int | None = None) -> int:
+    """CPU cores ``jobs`` runs of ``threads`` threads keep busy (threads default: the cores split between them)."""
+    cores = os.cpu_count() or 1
+    jobs = max(1, int(jobs))
+    threads = threads or max(1, cores // jobs)
+    return max(1, min(cores, jobs * threads))
+
+
+def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1,
+           threads: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """The per-analysis table and the summary line {done, missing, estimated_hours} (runs counted once).
+
+    The hours: the missing runs' core-seconds (:func:`cost_s`) over the cores the sweep keeps busy, so
+    ``--jobs`` and ``--threads`` change the estimate as they change the sweep.
+    """
     table, missing = plan(analyses, store)
     all_keys = {run_key(a.dataset, c) for a in analyses for _, _, c in a.runs()}
-    summary = {"done": len(all_keys) - len(missing), "missing": len(missing),
-               "estimated_hours": round(sum(j.estimate_s for j in missing) / 3600 / max(jobs, 1), 2)}
+    hours = sum(j.cost_s for j in missing) / 3600 / cores_used(jobs, threads)
+    summary = {"done": len(all_keys) - len(missing), "missing": len(missing), "estimated_hours": round(hours, 2)}
     return table, summary
 
 
@@ -177,7 +196,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
              engine: str = "local", address: str | None = None, keep: bool = False, progress: bool = True,
              callbacks: Sequence = (), on_done: Callable[[str], None] | None = None) -> list[str]:
     """Train every job; returns the errors ('<run>: <message>'). The progress bar counts estimated
-    seconds, so its time-left estimate weighs a DiffMM run more than a popularity run.
+    core-seconds, so its time-left estimate weighs a DiffMM run more than a popularity run.
 
     A run whose work directory another live process holds (a second sweep on the same folders) is left
     to that process, with a line saying so: not an error, and not trained twice."""
@@ -187,11 +206,11 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     jobs = max(1, int(jobs))
     if threads is None:  # the cores split between the workers (each worker's torch threads)
         threads = max(1, (os.cpu_count() or 1) // jobs) if device.startswith("cpu") else 1
-    bar = tqdm(total=round(sum(j.estimate_s for j in missing)), unit="s", disable=not progress,
+    bar = tqdm(total=round(sum(j.cost_s for j in missing)), unit="s", disable=not progress,
                desc=f"{len(missing)} runs", bar_format="{desc}{percentage:3.0f}%|{bar}| "
-               "[{elapsed}<{remaining}, est. {total_fmt}s of runs]")
+               "[{elapsed}<{remaining}, est. {total_fmt} core-s of runs]")
     errors: list[str] = []
-    estimates = {j.name: j.estimate_s for j in missing}
+    estimates = {j.name: j.cost_s for j in missing}
     finished = 0
 
     def done(name: str, seconds: float, error: str | None, record: dict | None = None,
@@ -242,8 +261,9 @@ def unplanned(analyses: Sequence[Analysis], store: str | Path, datasets: set[str
             for key, r in load_records(store, dataset).items() if key not in declared_keys]
 
 
-def summary_line(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1) -> str:
-    return json.dumps(status(analyses, store, jobs)[1])
+def summary_line(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1,
+                 threads: int | None = None) -> str:
+    return json.dumps(status(analyses, store, jobs, threads)[1])
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -257,7 +277,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--engine", default="local", choices=("local", "ray"))
     p.add_argument("--address", help="Ray cluster address (--engine ray; default: start a local Ray)")
-    p.add_argument("--status", action="store_true", help="print done / missing per analysis and the time left")
+    p.add_argument("--status", action="store_true", help="print done / missing per analysis and the hours left "
+                                                            "with --jobs and --threads")
     p.add_argument("--render-only", action="store_true", help="draw the figures from the store, train nothing")
     p.add_argument("--train-only", action="store_true",
                    help="train what is missing, draw nothing (a machine that only trains, e.g. a GPU node whose "
@@ -291,7 +312,7 @@ def main(args, extra=()) -> int:
         if kept:
             print(f"{len(kept)} stored runs belong to no declared analysis (earlier protocols; kept for the "
                   f"record, never drawn): {', '.join(sorted(kept)[:3])}{', ...' if len(kept) > 3 else ''}")
-        print(summary_line(chosen, store, args.jobs))
+        print(summary_line(chosen, store, args.jobs, args.threads))
         return 0
     errors: list[str] = []
     if not args.render_only and missing:
@@ -315,7 +336,7 @@ def main(args, extra=()) -> int:
         if errors:
             print("\n".join(f"error: {e}" for e in errors))
     if args.train_only:
-        print(summary_line(chosen, store, args.jobs))
+        print(summary_line(chosen, store, args.jobs, args.threads))
         return 1 if errors else 0
     from diffmm.viz.reproduction import render
 

@@ -38,6 +38,9 @@ RUNTIME_SETTINGS = ("device", "threads", "progress", "eval_batch_size")
 LATE_FROM = 20  # the late-epoch mean averages test metrics over epochs >= this
 HISTORY_METRICS = ("recall@20", "ndcg@20", "precision@20", "hit@20")
 RECORD_VERSION = 1
+# Config fields added after records were written, whose default is not what the older records ran with:
+# a record without the field is read with this value, so its key (and what it says it trained) stays its own
+LEGACY_VALUES = {"bm3": {"fine_tune_features": False}}  # BM3's features were fixed before 2026-12-01
 
 
 def normalized(config: RunConfig) -> dict:
@@ -136,7 +139,7 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int) -
         "device": device, "threads": threads,
         "python": platform.python_version(), "torch": __import__("torch").__version__,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": result.wall_s,
+        "wall_s": result.wall_s, "cpu_s": result.cpu_s,
         "peak_rss_mib": result.peak_rss_mib, "peak_gpu_mib": result.peak_gpu_mib,
         "epoch_s": float(epoch_times.median()) if len(epoch_times) else None,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
@@ -182,11 +185,15 @@ def write_record(root: str | Path, record: dict) -> Path:
 
 def load_records(root: str | Path, dataset: str | None = None) -> dict[str, dict]:
     """Every record under ``root`` (or ``root/<dataset>``), by key; the key is recomputed from the stored
-    config, so a record stays found when the config classes gain fields whose defaults keep old behaviour."""
+    config, so a record stays found when the config classes gain fields (whose defaults keep old
+    behaviour, or whose old value :data:`LEGACY_VALUES` names)."""
     folder = Path(root) / dataset if dataset else Path(root)
     records = {}
     for path in sorted(folder.rglob("*.json")) if folder.exists() else []:
         record = read_record(path)
+        legacy = LEGACY_VALUES.get(record["model"])
+        if legacy and isinstance(record["config"].get("model_config"), dict):
+            record["config"]["model_config"] = {**legacy, **record["config"]["model_config"]}
         try:
             key = run_key(record["dataset"], RunConfig.from_dict(record["config"]))
         except (ValueError, KeyError, TypeError) as error:
