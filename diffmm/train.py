@@ -70,15 +70,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, truncated, of another run, or holding more than data."""
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """A checkpoint as data: tensors and plain values only (``torch.load(weights_only=True)``), on the CPU.
 
     Anything else in the file (a pickled object, i.e. code it could run) is refused, as is a truncated
-    or corrupt file; the error names the file.
+    or corrupt file; the error names the file. ``mmap``: tensors are mapped from the file and read only
+    when used (for reading a small entry of a large checkpoint).
     """
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as error:
@@ -90,6 +91,22 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a diffmm checkpoint (expected a dict with a 'model' entry)")
     return state
+
+
+def _eval_state(result: EvalResult) -> dict:
+    """An evaluation as checkpoint data (tensors and plain values: loadable with ``weights_only``)."""
+    return {"metrics": dict(result.metrics), "n_skipped": int(result.n_skipped),
+            "columns": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in result.columns.items()},
+            "topk": None if result.topk is None else [torch.from_numpy(np.ascontiguousarray(a)) for a in result.topk]}
+
+
+def _eval_result(state: dict, path: Path) -> EvalResult:
+    try:
+        return EvalResult({k: float(v) for k, v in state["metrics"].items()},
+                          {k: v.numpy() for k, v in state["columns"].items()}, int(state["n_skipped"]),
+                          None if state["topk"] is None else tuple(a.numpy() for a in state["topk"]))
+    except (KeyError, AttributeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: entry 'test_result' is not a stored evaluation ({error!r})") from None
 
 
 class Callback:
@@ -277,6 +294,7 @@ class Trainer:
             if self.out_dir:
                 self._save(self.out_dir / "best.pt", {"model": self.model.state_dict(), "epoch": record["epoch"],
                                                       "valid": valid.metrics, "test": test.metrics,
+                                                      "test_result": _eval_state(test),
                                                       "signature": self.run_signature(), "run_id": self.run_id})
             return test
         return None
@@ -290,8 +308,13 @@ class Trainer:
         return since_best >= cfg.patience
 
     def _best_test_from_checkpoint(self) -> EvalResult | None:
+        """The best epoch's test evaluation, for a run resumed after it: stored in best.pt (tensors only),
+        else (checkpoints written before 2026-12-01) re-evaluated with the best weights swapped in."""
         if not (self.out_dir and (self.out_dir / "best.pt").exists()):
             return None
+        stored = load_checkpoint(self.out_dir / "best.pt", mmap=True).get("test_result")  # the weights stay unread
+        if stored is not None:
+            return _eval_result(stored, self.out_dir / "best.pt")
         current = copy.deepcopy(self.model.state_dict())  # tensors, and any extra state (DiffMM's graphs)
         self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt")["model"])
         result = self.evaluate("test", return_topk=True)

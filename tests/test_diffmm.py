@@ -11,6 +11,7 @@ import io
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -501,7 +502,16 @@ def test_resume_continues_exactly_and_a_finished_run_reloads_its_best_epoch(synt
     # (DiffMM's state holds its generated graphs, not only tensors)
     again = trainer(3, tmp_path, resume=True).fit()
     assert again.epochs_run == 3 and again.test == resumed.test
-    assert again.test_result is not None
+    # the table comes from best.pt as stored at the best epoch (no model swap): the same as the live one
+    pd.testing.assert_frame_equal(again.test_result.per_user, full.test_result.per_user)
+    for a, b in zip(again.test_result.topk, full.test_result.topk):
+        np.testing.assert_array_equal(a, b)
+    # a best.pt written before the table was stored in it: the best weights are evaluated again
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    del state["test_result"]
+    torch.save(state, tmp_path / "best.pt")
+    older = trainer(3, tmp_path, resume=True).fit()
+    pd.testing.assert_frame_equal(older.test_result.per_user, full.test_result.per_user, rtol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -199,3 +199,20 @@ def test_summarize_averages_late_epochs(data, tmp_path, capsys):
     assert "epochs >= 2" in capsys.readouterr().out
     with pytest.raises(ValueError, match="history.csv.*epochs >= 9"):
         summarize_runs([tmp_path / "r"], average_from=9)
+
+
+def test_a_finished_run_reads_its_best_epoch_from_best_pt_and_names_a_bad_one(data, tmp_path):
+    import torch
+
+    from diffmm.train import CheckpointError
+
+    config = build_run_config("mf", overrides={"epochs": "2", "seed": "5", "progress": "false", "dim": "16"})
+    first, _ = run(data, config, tmp_path)
+    again, _ = run(data, config, tmp_path)  # trains nothing; the table is the one stored at the best epoch
+    assert again.epochs_run == 2 and again.test == first.test
+    pd.testing.assert_frame_equal(again.test_result.per_user, first.test_result.per_user)
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    state["test_result"] = {"metrics": {}}
+    torch.save(state, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="best.pt: entry 'test_result'"):
+        run(data, config, tmp_path)
