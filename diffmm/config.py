@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 
+class UnknownFieldError(ValueError):
+    """A config names a field this version does not have (a typo, or a file written by newer code)."""
+
+
 class ConfigBase:
     """Shared (de)serialisation and validation for config dataclasses."""
 
@@ -31,7 +35,7 @@ class ConfigBase:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+            raise UnknownFieldError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**values)
 
     def replace(self, **changes):

@@ -201,6 +201,24 @@ def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path):
     assert loaded["config"]["model_config"]["fine_tune_features"] is False
 
 
+def test_a_record_of_newer_code_is_left_out_with_a_warning(tmp_path):
+    """Stores merge across machines: a record whose config has a field this version lacks (written by newer
+    code) is skipped with a warning naming it, not fatal to a sweep; a malformed config still is."""
+    (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
+    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "test": {}, "valid": {},
+              "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {},
+              "code": {"commit": "0123456789abcdef"}, "config": config.to_dict()}
+    record["config"]["model_config"]["a_later_setting"] = 1
+    (tmp_path / "tiktok").mkdir()
+    (tmp_path / "tiktok" / "diffmm-newer.json").write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="diffmm-newer.json: left out.*a_later_setting.*0123456789ab"):
+        assert load_records(tmp_path) == {}
+    record["config"]["model_config"] = {"dim": "sixty-four"}
+    (tmp_path / "tiktok" / "diffmm-newer.json").write_text(json.dumps(record))
+    with pytest.raises(RecordError, match="diffmm-newer.json: field 'config'"):
+        load_records(tmp_path)
+
+
 def test_the_time_estimate_counts_core_seconds(monkeypatch):
     records = [{"dataset": "d", "model": "mf", "wall_s": 100.0, "threads": 2, "cpu_s": 150.0},  # CPU time
                {"dataset": "d", "model": "mf", "wall_s": 300.0, "threads": 1},  # no CPU time: wall x threads

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from diffmm.config import ConfigBase, DiffMMConfig, TrainConfig, parse_value
+from diffmm.config import ConfigBase, DiffMMConfig, TrainConfig, UnknownFieldError, parse_value
 from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
@@ -69,7 +69,7 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         unknown = sorted(set(values) - {"model", "model_config", "train"})
         if unknown:
-            raise ValueError(f"RunConfig: unknown field(s) {unknown}; known fields: ['model', 'model_config', 'train']")
+            raise UnknownFieldError(f"RunConfig: unknown field(s) {unknown}; known fields: ['model', 'model_config', 'train']")
         return cls(**values)
 
     def replace(self, **changes) -> "RunConfig":

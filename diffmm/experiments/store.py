@@ -23,11 +23,13 @@ import hashlib
 import json
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from diffmm.config import UnknownFieldError
 from diffmm.experiments.runs import RunConfig
 
 if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
@@ -175,6 +177,11 @@ def read_record(path: str | Path) -> dict:
     return record
 
 
+def _commit(record: dict) -> str:
+    code = record.get("code")
+    return str(code.get("commit", "unknown"))[:12] if isinstance(code, dict) else "unknown"
+
+
 def write_record(root: str | Path, record: dict) -> Path:
     from diffmm.utils import atomic_write_text
 
@@ -196,6 +203,10 @@ def load_records(root: str | Path, dataset: str | None = None) -> dict[str, dict
             record["config"]["model_config"] = {**legacy, **record["config"]["model_config"]}
         try:
             key = run_key(record["dataset"], RunConfig.from_dict(record["config"]))
+        except UnknownFieldError as error:  # a run of newer code (merged from another machine): not an error
+            warnings.warn(f"{path}: left out; its config has settings this version of diffmm does not know "
+                          f"({error}); it was written by newer code (commit {_commit(record)})", stacklevel=2)
+            continue
         except (ValueError, KeyError, TypeError) as error:
             raise RecordError(f"{path}: field 'config' is not a valid run config ({error})") from None
         records[key] = record
