@@ -197,7 +197,7 @@ def search(dataset: str, model: str, field_name: str, values: tuple, label: str,
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 0.1, 0.5)
 PROJECTION_L2_GRID = (1e-3, 1e-2, 0.1, 1.0, 10.0)  # VBPR's lambda_E
-BM3_DROPOUT_GRID = (0.0, 0.05, 0.1, 0.3, 0.5, 0.7)
+BM3_DROPOUT_GRID = (0.0, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
 BM3_L2_GRID = (1e-3, 1e-2, 0.1, 1.0)  # lambda on the authors' (||H_u|| + ||H_i||) / n_items
 
 
