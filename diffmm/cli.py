@@ -110,7 +110,9 @@ def add_parser(sub) -> None:
     """The core commands: train, evaluate, stats, summarize."""
     train = sub.add_parser("train", help="train and evaluate a model; writes a run directory",
                            epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--model", help="diffmm, lightgcn, mf or popularity (default lightgcn)")
+    from diffmm.models import MODELS
+
+    train.add_argument("--model", help=f"{', '.join(MODELS)} (default lightgcn)")
     train.add_argument("--data", default="synthetic", help="dataset directory or registered name")
     train.add_argument("--preset", help="paper hyperparameters for diffmm: tiktok, baby, sports")
     train.add_argument("--config", help="a config.json / .yaml (e.g. from an earlier run) to start from")
