@@ -52,7 +52,7 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
         **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
                                                       "20 validations") for model in ("lightgcn-m", "lattice")},
-        "bm3": Protocol(None, {"dropout": 0.0, "progress": False}, BM3_WHY),
+        "bm3": Protocol(None, {"dropout": 0.0, "l2": 0.1, "progress": False}, BM3_WHY),
         "vbpr": Protocol(None, {"l2": 1e-2, "projection_l2": 0.1, "progress": False},
                          "its paper's model; chosen on validation one setting at a time: L2 1e-3 (E free), then "
                          "lambda_E 0.1, then L2 1e-2 at that lambda_E; early stop after 20 validations"),
@@ -199,6 +199,7 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 0.1, 0.5)
 PROJECTION_L2_GRID = (1e-3, 1e-2, 0.1, 1.0, 10.0)  # VBPR's lambda_E
 BM3_DROPOUT_GRID = (0.0, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
 BM3_L2_GRID = (1e-3, 1e-2, 0.1, 1.0)  # lambda on the authors' (||H_u|| + ||H_i||) / n_items
+BM3_LAYERS_GRID = (1, 2, 3)
 
 
 def fusion_ratio(dataset: str, seeds: tuple[int, ...] = SEEDS2) -> Analysis:
@@ -233,6 +234,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("tiktok", "lightgcn", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN"),  # DiffMM's closest baseline
     search("tiktok", "bm3", "dropout", BM3_DROPOUT_GRID, "BM3", fixed={"l2": 0.1, "layers": 1}),
     search("tiktok", "bm3", "l2", BM3_L2_GRID, "BM3", fixed={"dropout": 0.0, "layers": 1}),
+    search("tiktok", "bm3", "layers", BM3_LAYERS_GRID, "BM3", fixed={"dropout": 0.0, "l2": 0.1}),
     comparison("tiktok", PAPER_TABLE2_TIKTOK, TIKTOK_NOTE),
     sparsity("tiktok"),
     ablation("tiktok", PAPER_TABLE3_TIKTOK),
