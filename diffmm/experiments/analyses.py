@@ -73,7 +73,7 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
         **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
                                                       "20 validations") for model in ("lightgcn-m", "lattice")},
-        "bm3": Protocol(None, {"dropout": 0.7, "progress": False}, BM3_WHY),
+        "bm3": Protocol(None, {"dropout": 0.7, "l2": 0.1, "progress": False}, BM3_WHY),
         "vbpr": Protocol(None, {"l2": 1e-4, "projection_l2": 0.01, "progress": False},
                          "its paper's model; chosen on validation one setting at a time: L2 1e-4 (E free), then "
                          "lambda_E 0.01; early stop after 20 validations"),
@@ -257,6 +257,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("ml100k", "lightgcn", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN"),  # DiffMM's closest baseline
     search("ml100k", "bm3", "dropout", BM3_DROPOUT_GRID, "BM3", fixed={"l2": 0.1, "layers": 1}),
     search("ml100k", "bm3", "l2", BM3_L2_GRID, "BM3", fixed={"dropout": 0.7, "layers": 1}),
+    search("ml100k", "bm3", "layers", BM3_LAYERS_GRID, "BM3", fixed={"dropout": 0.7, "l2": 0.1}),
     comparison("ml100k", note="MovieLens-100k with text + genre modalities; no paper numbers"),
     ablation("ml100k"),
     fusion_ratio("ml100k", SEEDS3),
