@@ -73,7 +73,7 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
         **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
                                                       "20 validations") for model in ("lightgcn-m", "lattice")},
-        "bm3": Protocol(None, {"dropout": 0.7, "l2": 0.1, "progress": False}, BM3_WHY),
+        "bm3": Protocol(None, {"dropout": 0.7, "l2": 0.1, "layers": 1, "progress": False}, BM3_WHY),
         "vbpr": Protocol(None, {"l2": 1e-4, "projection_l2": 0.01, "progress": False},
                          "its paper's model; chosen on validation one setting at a time: L2 1e-4 (E free), then "
                          "lambda_E 0.01; early stop after 20 validations"),
