@@ -488,3 +488,11 @@ def test_verdicts_on_ablations_and_trends():
     assert run(_falls, rho, verdict_table({"0": 0.09, "1": 0.10}, "fusion_ratio")) == "No"
     assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.098, "0.5": 0.10, "1": 0.09}, "omega")) == "Yes"
     assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.08, "0.5": 0.10, "1": 0.099}, "omega")) == "No"
+
+
+def test_crowded_tick_labels_are_left_blank():
+    from diffmm.viz.reproduction import _spaced_labels
+
+    assert _spaced_labels(np.array([0.0, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9])) == ["0", "", "0.1", "0.3", "0.5", "0.7", "0.9"]
+    assert _spaced_labels(np.array([1e-4, 1e-3, 1e-2]), log=True) == ["0.0001", "0.001", "0.01"]
+    assert _spaced_labels(np.array([1.0])) == ["1"]

@@ -179,12 +179,25 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
     else:
         pad = 0.05 * (xs.max() - xs.min() or 1)
         ax.set_xlim(xs.min() - pad, xs.max() + pad)
-    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xticks(xs, _spaced_labels(xs, log=field in LOG_AXES))
     ax.minorticks_off()
     if not np.isfinite(mean).any():
         ax.text(0.5, 0.5, "no runs stored yet", transform=ax.transAxes, ha="center", color="0.4")
         ax.set_ylim(0, 1)
     ax.set_xlabel(NAMES.get(field, field))
+
+
+def _spaced_labels(xs: np.ndarray, log: bool = False, min_gap: float = 0.06) -> list[str]:
+    """A label per tick, left blank where it would crowd the previous label (closer than ``min_gap`` of the
+    axis span; e.g. 0, 0.05 and 0.1 on a 0-0.9 axis), so labels never print over each other."""
+    where = np.log10(xs) if log else xs.astype(float)
+    span = (where.max() - where.min()) or 1.0
+    labels, last = [], None
+    for x, w in zip(xs, where):
+        show = last is None or (w - last) / span >= min_gap
+        labels.append(f"{x:g}" if show else "")
+        last = w if show else last
+    return labels
 
 
 def _single_legend(fig, axes) -> None:
