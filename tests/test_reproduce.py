@@ -221,10 +221,11 @@ def test_a_record_of_newer_code_is_left_out_with_a_warning(tmp_path):
 
 def test_the_time_estimate_counts_core_seconds(monkeypatch):
     records = [{"dataset": "d", "model": "mf", "wall_s": 100.0, "threads": 2, "cpu_s": 150.0},  # CPU time
-               {"dataset": "d", "model": "mf", "wall_s": 300.0, "threads": 1},  # no CPU time: wall x threads
+               {"dataset": "d", "model": "mf", "wall_s": 300.0, "threads": 1},  # no CPU time: not used here
                {"dataset": "d", "model": "mf", "wall_s": 400.0, "threads": 1, "cpu_s": 90.0},  # shared cores
                {"dataset": "d", "model": "mf", "wall_s": 5.0, "device": "cuda", "cpu_s": 5.0}]  # not a CPU run
-    assert reproduce.cost_s("d", "mf", records) == 150.0  # the median of 150, 300, 90
+    assert reproduce.cost_s("d", "mf", records) == 120.0  # the median of the CPU times 150 and 90
+    assert reproduce.cost_s("d", "mf", records[1:2]) == 300.0  # without any: wall x threads
     assert reproduce.cost_s("d", "lightgcn", records) == reproduce.DEFAULT_COST_S.get(("d", "lightgcn"), 120.0)
     monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 8)
     assert reproduce.cores_used() == 8 and reproduce.cores_used(jobs=3) == 6  # 3 runs x 2 threads

@@ -89,12 +89,14 @@ def cost_s(dataset: str, model: str, records) -> float:
     """CPU core-seconds of one run: the median over stored CPU runs of this dataset and model, else
     :data:`DEFAULT_COST_S`.
 
-    A record's cost is the process CPU time it trained for (``cpu_s``), which does not grow when other
-    runs share the cores, as wall time does; records without it count wall time x threads.
+    A record's cost is the process CPU time it trained for (``cpu_s``, recorded from 2026-12-01 on), which
+    does not grow when other runs share the cores, as wall time does; only where no record has it, wall time
+    x threads (an overestimate when runs shared the cores).
     """
-    costs = [r.get("cpu_s") or r["wall_s"] * (r.get("threads") or 1) for r in records
-             if r["dataset"] == dataset and r["model"] == model
-             and str(r.get("device", "cpu")).startswith("cpu") and r.get("wall_s")]
+    mine = [r for r in records if r["dataset"] == dataset and r["model"] == model
+            and str(r.get("device", "cpu")).startswith("cpu") and r.get("wall_s")]
+    costs = ([r["cpu_s"] for r in mine if r.get("cpu_s")]
+             or [r["wall_s"] * (r.get("threads") or 1) for r in mine])
     if costs:
         return float(statistics.median(costs))
     return DEFAULT_COST_S.get((dataset, model), 120.0)
