@@ -70,6 +70,18 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def rss_mib() -> float | None:
+    """This process's resident set size now, in MiB (Linux ``VmRSS``; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def set_threads(threads: int) -> None:
     """torch's CPU threads for this process (0: leave torch's default)."""
     if threads:

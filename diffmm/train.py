@@ -204,6 +204,7 @@ class Trainer:
         memory.phase_end()
         record = dict(model.before_epoch(self.epoch, self.optimizers, progress=cfg.progress))
         memory.phase_end()
+        record["hwm_before_epoch_mib"] = memory.peak_rss_mib()  # the run's peak RSS so far, phase by phase
         t1 = time.perf_counter()
         totals: dict[str, float] = {}
         n_batches = self.sampler.n_batches(cfg.batch_size)
@@ -233,6 +234,7 @@ class Trainer:
         record.update({f"train_{name}": value / n_batches for name, value in totals.items()})
         record.update(before_epoch_s=t1 - t0, rec_s=time.perf_counter() - t1)
         memory.phase_end()
+        record["hwm_rec_mib"] = memory.peak_rss_mib()
         return record
 
     def close(self) -> None:
@@ -260,6 +262,7 @@ class Trainer:
                 best_test_result = self._validate(record) or best_test_result
             record["elapsed_s"] = time.perf_counter() - start
             record["cpu_s"] = time.process_time() - cpu_start
+            record.update(hwm_eval_mib=memory.peak_rss_mib(), rss_mib=memory.rss_mib())
             self.history.append(record)
             stop = self._patience_exhausted()
             for cb in self.callbacks:
