@@ -167,6 +167,7 @@ class LATTICEConfig(ConfigBase):
     skip_weight: float = 0.9  # lambda: weight of the initial raw-feature graph (paper and authors' lambda_coeff: 0.9)
     l2: float = 1e-5  # L2 on the batch's final embeddings / batch size (authors' regs[0] = 1e-5)
     knn_chunk_rows: int = 1024  # items per (rows, n_items) similarity block when building kNN graphs
+    fine_tune_features: bool = True  # train the raw features f^m too (authors' code: from_pretrained(freeze=False))
 
     def validate(self):
         _positive(self, "dim", "feature_dim", "knn_k", "knn_chunk_rows")

@@ -166,10 +166,12 @@ def test_lightgcn_m_score_and_loss_match_the_formulas(tiny):
 
 
 def lattice_reference(data, w, cfg):
-    """LATTICE in dense float64, from the paper's formulas; differentiable in ``w``."""
-    f = raw(data)
+    """LATTICE in dense float64, from the paper's formulas; differentiable in ``w``. The initial graph is
+    of the dataset's features; the learned one of the model's (fine-tuned: its parameters)."""
+    initial = raw(data)
+    f = {m: w[f"raw_{m}"] for m in initial} if cfg.fine_tune_features else initial
     alpha = torch.softmax(w["modality_logits"], 0)
-    graph = sum(alpha[k] * (cfg.skip_weight * dense_knn(f[m], cfg.knn_k) + (1 - cfg.skip_weight)
+    graph = sum(alpha[k] * (cfg.skip_weight * dense_knn(initial[m], cfg.knn_k) + (1 - cfg.skip_weight)
                             * dense_knn(f[m] @ w[f"projections.{m}.weight"].T + w[f"projections.{m}.bias"], cfg.knn_k))
                 for k, m in enumerate(f))
     h = w["item_embedding"]
@@ -179,11 +181,14 @@ def lattice_reference(data, w, cfg):
     return users, items + h / h.norm(dim=1, keepdim=True)
 
 
-def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny):
+@pytest.mark.parametrize("fine_tune", [True, False])
+def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny, fine_tune):
     cfg = LATTICEConfig(dim=4, feature_dim=3, layers=2, item_layers=2, knn_k=2, skip_weight=0.6, l2=0.2,
-                        knn_chunk_rows=2)
+                        knn_chunk_rows=2, fine_tune_features=fine_tune)
+    before = raw(tiny)
     model = LATTICE(tiny, cfg)
-    w = set_weights(model)
+    w = set_weights(model)  # fine-tuned features are parameters: overwritten, unlike the initial graph's
+    assert ("raw_first" in w) == fine_tune
     w = {k: v.requires_grad_(True) for k, v in w.items()}
     users, items = lattice_reference(tiny, w, cfg)
     expected = users @ items.T
@@ -207,6 +212,9 @@ def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny):
     model.before_epoch(2, {})
     model.loss(USERS, POS, NEG)["loss"].backward()
     assert model.modality_logits.grad is not None
+    assert (model.raw_first.grad is not None) == fine_tune
+    for m, f in raw(tiny).items():  # training never writes into the dataset's arrays
+        assert torch.equal(f, before[m])
 
 
 @pytest.mark.parametrize("fine_tune", [True, False])

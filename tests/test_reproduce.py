@@ -184,18 +184,19 @@ def test_the_key_ignores_runtime_settings_only():
     assert run_key("tiktok", old) == run_key("tiktok", config)
 
 
-def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path):
-    """BM3's features became fine-tuned by default: a record written before, without the field, ran with
-    them fixed, and is found under that config's key, not the new default's."""
-    (_, _, config), *_ = declared.ANALYSES["tiktok/search_bm3_dropout"].runs()
+@pytest.mark.parametrize("model", ["bm3", "lattice"])
+def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path, model):
+    """BM3's and LATTICE's features became fine-tuned by default: a record written before, without the
+    field, ran with them fixed, and is found under that config's key, not the new default's."""
+    config = next(c for _, _, c in declared.ANALYSES["tiktok/table2_comparison"].runs() if c.model == model)
     assert config.model_config.fine_tune_features
     fixed = config.replace(model_config=config.model_config.replace(fine_tune_features=False))
     old = {k: v for k, v in config.to_dict()["model_config"].items() if k != "fine_tune_features"}
-    record = {"key": "x", "dataset": "tiktok", "model": "bm3", "seed": 421, "test": {}, "valid": {},
+    record = {"key": "x", "dataset": "tiktok", "model": model, "seed": 421, "test": {}, "valid": {},
               "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {},
               "config": {**config.to_dict(), "model_config": old}}
     (tmp_path / "tiktok").mkdir()
-    (tmp_path / "tiktok" / "bm3-old.json").write_text(json.dumps(record))
+    (tmp_path / "tiktok" / f"{model}-old.json").write_text(json.dumps(record))
     (key, loaded), = load_records(tmp_path).items()
     assert key == run_key("tiktok", fixed) != run_key("tiktok", config)
     assert loaded["config"]["model_config"]["fine_tune_features"] is False

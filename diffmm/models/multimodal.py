@@ -220,8 +220,10 @@ class LATTICE(Recommender):
     an item is its own nearest neighbour; degrees are row sums of the (directed) kNN graph; the
     L2 is on the batch's final embeddings; Xavier-uniform ids; 2 user-item layers; projected
     size 64. Unlike that code, each modality's learned graph is normalised before the alpha-mix
-    (as the paper writes it), the raw features stay fixed (the code fine-tunes them), and the
-    user-item graph is LightGCN's D^-1/2 A D^-1/2 (the code uses D^-1 (A + I)).
+    (as the paper writes it; the code mixes them, then normalises), and the user-item graph is
+    LightGCN's D^-1/2 A D^-1/2 (the code uses D^-1 (A + I)). As in that code, the raw features are
+    fine-tuned (``fine_tune_features``): they get a gradient through the learned graphs, at the step
+    that rebuilds them, while S~^m stays the graph of the features the model started from.
 
     Args:
         dataset: interactions and ``item_features`` (any number of modalities).
@@ -231,10 +233,12 @@ class LATTICE(Recommender):
     def __init__(self, dataset: RecDataset, config: LATTICEConfig | None = None):
         super().__init__(dataset)
         self.config = cfg = config or LATTICEConfig()
-        self.modalities = register_features(self, dataset)
+        self.modalities = register_features(self, dataset, trainable=cfg.fine_tune_features)
         if cfg.knn_k > self.n_items:
             raise ValueError(f"LATTICEConfig.knn_k = {cfg.knn_k} exceeds the {self.n_items} items of "
                              f"'{dataset.name}': set --knn_k to at most {self.n_items}")
+        with torch.no_grad():  # S~^m of the features as given: fine-tuning them later leaves it as it is
+            self._initial = {m: knn_csr(*self._knn(getattr(self, f"raw_{m}"))) for m in self.modalities}
         self._train = dataset.train
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, cfg.dim)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, cfg.dim)))
@@ -248,22 +252,19 @@ class LATTICE(Recommender):
     def adjacency(self) -> Adjacency:
         return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
 
-    def initial_graph(self, m: str) -> Adjacency:
-        """S~^m: the normalised kNN graph of modality m's raw features (fixed)."""
-        def build(device):
-            neighbours, similarity = knn_graph(getattr(self, f"raw_{m}"), self.config.knn_k, self.config.knn_chunk_rows)
-            return Adjacency(knn_csr(neighbours, normalize_knn(neighbours, similarity)), device)
+    def _knn(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised kNN graph of (n_items, d) features: (neighbours, weights), (n_items, k) each."""
+        neighbours, similarity = knn_graph(features, self.config.knn_k, self.config.knn_chunk_rows)
+        return neighbours, normalize_knn(neighbours, similarity)
 
-        return self.on_device(f"initial/{m}", build)
+    def initial_graph(self, m: str) -> Adjacency:
+        """S~^m: the normalised kNN graph of modality m's raw features as the model started (fixed)."""
+        return self.on_device(f"initial/{m}", lambda device: Adjacency(self._initial[m], device))
 
     def learned_graphs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """A^m_learned for every modality: (neighbours, normalised weights), (n_items, k) each."""
-        graphs = {}
-        for m in self.modalities:
-            projected = self.projections[m](getattr(self, f"raw_{m}"))  # (I, d'): W^m f^m + b^m
-            neighbours, similarity = knn_graph(projected, self.config.knn_k, self.config.knn_chunk_rows)
-            graphs[m] = (neighbours, normalize_knn(neighbours, similarity))
-        return graphs
+        return {m: self._knn(self.projections[m](getattr(self, f"raw_{m}")))  # of W^m f^m + b^m, (I, d')
+                for m in self.modalities}
 
     def before_epoch(self, epoch, optimizers, progress=False):
         self._rebuild = True
@@ -286,7 +287,7 @@ class LATTICE(Recommender):
             h = sum(alpha[k] * (lam * (self.initial_graph(m) @ h) + (1 - lam) * knn_propagate(*learned[m], h))
                     for k, m in enumerate(self.modalities))  # skip connection, then the alpha-mix
         if torch.is_grad_enabled():  # a training step: the epoch's other steps reuse this A
-            self._epoch_graph = sum(a * (lam * self.initial_graph(m).scipy + (1 - lam) * knn_csr(*learned[m]))
+            self._epoch_graph = sum(a * (lam * self._initial[m] + (1 - lam) * knn_csr(*learned[m]))
                                     for a, m in zip(alpha.tolist(), self.modalities))
             self.forget("epoch/")
         return h
