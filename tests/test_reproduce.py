@@ -27,10 +27,10 @@ def quick(tmp, *extra):
 
 
 def comparable(record: dict) -> dict:
-    """A record without what depends on when, where and how fast it ran, and without the logged losses
-    (multi-threaded float32 sums: equal to rounding, checked separately)."""
+    """A record without what depends on when, where and how fast it ran (times, memory), and without the
+    logged losses (multi-threaded float32 sums: equal to rounding, checked separately)."""
     out = {k: v for k, v in record.items() if k not in VOLATILE}
-    out["history"] = {k: v for k, v in record["history"].items() if not k.endswith("_s") and not is_loss(k)}
+    out["history"] = {k: v for k, v in record["history"].items() if not k.endswith(("_s", "_mib")) and not is_loss(k)}
     return out
 
 

@@ -10,7 +10,9 @@ unfinished run from its last epoch and redoes nothing that is stored. A finished
 the store (``figures/results/``) atomically, and its work directory is removed.
 
 Executors: ``local`` runs ``--jobs`` worker processes on this machine, the CPU threads split between
-them (on CUDA, several processes share one GPU); ``ray`` hands the same runs to a Ray cluster.
+them (on CUDA, several processes share one GPU); ``ray`` hands the same runs to a Ray cluster. Every
+run trains in a fresh process, so its memory (and the peak its record reports) is its own: nothing of
+the runs before it, or of the figures redrawn between runs, stays behind.
 """
 
 from __future__ import annotations
@@ -187,9 +189,38 @@ def _attempt(name: str, action: Callable[[], dict | None]) -> tuple[str, float, 
 
 
 def _worker(args: tuple) -> tuple[str, float, str | None, dict | None, str | None]:
-    """One run in a worker process (:func:`_attempt`'s outcome; the record goes back to the parent)."""
+    """One run in a worker process (:func:`_attempt`'s outcome; the record goes back to the parent: a
+    remote worker may not see the store)."""
+    from diffmm import memory
+
+    memory.configure()  # the allocator settings of ``python -m diffmm``, in this process too
     job, store, work, device, threads, data_root, keep = args
     return _attempt(job.name, lambda: stored(job, store) or execute(job, None, work, device, threads, data_root, keep))
+
+
+def _local_worker(args: tuple) -> tuple[str, float, str | None, dict | None, str | None]:
+    """One run in a local worker process, which writes its record into the store itself: a run that
+    finishes after its sweep was killed is kept."""
+    from diffmm import memory
+
+    memory.configure()
+    job, store, work, device, threads, data_root, keep = args
+    name, seconds, error, _, busy = _attempt(job.name, lambda: execute(job, store, work, device, threads,
+                                                                       data_root, keep))
+    return name, seconds, error, None, busy
+
+
+def worker_processes():
+    """Where fresh worker processes come from: forked from a server process that has imported torch and
+    diffmm's training code (starting one takes milliseconds, and it holds nothing of earlier runs) where
+    the platform has one (Linux, macOS), else spawned (a new interpreter: ~3 s each)."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "diffmm.experiments.runs"])
+    return context
 
 
 # ------------------------------------------------------------------------------------ executors
@@ -241,16 +272,14 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
             done(*outcome)
     elif engine != "local":
         raise ValueError(f"--engine must be 'local' or 'ray', got '{engine}'")
-    elif jobs == 1:  # in this process (callbacks reach the Trainer); a failed run is reported, the rest go on
+    elif callbacks:  # they must reach the Trainer: one run after another in this process
         for job in missing:  # execute writes the record itself: none goes to done()
             name, seconds, error, _, busy = _attempt(
                 job.name, lambda: execute(job, store, work, device, threads, data_root, keep, callbacks))
             done(name, seconds, error, busy=busy)
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
-            for outcome in pool.imap_unordered(_worker, args):
+    else:  # a fresh process per run; a failed run is reported, the rest go on
+        with worker_processes().Pool(jobs, maxtasksperchild=1) as pool:
+            for outcome in pool.imap_unordered(_local_worker, args):
                 done(*outcome)
     bar.close()
     return errors
