@@ -54,16 +54,24 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size in MiB since :func:`reset_peak_rss` (Linux ``VmHWM``), or
-    over its whole life where the kernel has no such window (``ru_maxrss``)."""
+def _status_mib(field: str) -> float | None:
+    """A size from Linux's ``/proc/self/status`` (e.g. ``VmRSS``), in MiB; None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB since :func:`reset_peak_rss` (Linux ``VmHWM``), or
+    over its whole life where the kernel has no such window (``ru_maxrss``)."""
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -72,14 +80,7 @@ def peak_rss_mib() -> float:
 
 def rss_mib() -> float | None:
     """This process's resident set size now, in MiB (Linux ``VmRSS``; None elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return _status_mib("VmRSS")
 
 
 def set_threads(threads: int) -> None:

@@ -217,3 +217,19 @@ def test_the_record_carries_the_peak_rss():
     result, _ = run(data, config)
     record = make_record(data, config, result, device="cpu", threads=1)
     assert record["peak_rss_mib"] == result.peak_rss_mib > 0 and record["peak_gpu_mib"] is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the trace reads Linux's /proc/self/status")
+def test_the_history_traces_memory_phase_by_phase():
+    """Each epoch records the run's peak RSS after each phase (a running peak: it never falls) and the RSS
+    at the epoch's end; the run's peak is the last of them."""
+    from diffmm import datasets
+    from diffmm.experiments.runs import build_run_config, run
+
+    data = datasets.load("synthetic", n_users=60, n_items=40, seed=1)
+    result, _ = run(data, build_run_config("mf", overrides={"epochs": 3, "progress": False}))
+    columns = ["hwm_before_epoch_mib", "hwm_rec_mib", "hwm_eval_mib"]
+    trace = result.history[columns].to_numpy().ravel()  # phase after phase, epoch after epoch
+    assert trace.min() > 0 and (np.diff(trace) >= 0).all()
+    assert (result.history["rss_mib"] <= result.history["hwm_eval_mib"]).all()
+    assert result.peak_rss_mib >= trace[-1]

@@ -171,6 +171,21 @@ def test_two_worker_processes(tmp_path):
     assert all(r["threads"] >= 1 and r["device"] == "cpu" for r in records.values())
 
 
+def test_runs_train_in_worker_processes_not_in_the_sweeps(tmp_path, monkeypatch):
+    """Without callbacks, each run trains in a fresh worker: nothing the sweep's process holds (its store,
+    its figures, a patched function here) reaches a run, and the worker writes the record itself."""
+    chosen = declared.select("table2_comparison", declared.quick_analyses())
+    _, missing = reproduce.plan(chosen, tmp_path / "store")
+    two = [j for j in missing if j.config.model in ("popularity", "mf")]
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a run trained in the sweep's own process")
+
+    monkeypatch.setattr(reproduce, "execute", not_here)
+    assert reproduce.run_jobs(two, tmp_path / "store", tmp_path / "work", progress=False) == []
+    assert sorted(r["model"] for r in load_records(tmp_path / "store").values()) == ["mf", "popularity"]
+
+
 def test_the_key_ignores_runtime_settings_only():
     (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
     moved = config.replace(train=config.train.replace(threads=7, device="cuda", progress=True))
