@@ -21,11 +21,14 @@ and the (batch, nodes) matrix is written and read about half as often as by
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
 from diffmm.dense import aligned_empty
 
+LOG2_E, LN_2 = math.log2(math.e), math.log(2.0)
 CHUNK_BYTES = 4 << 20  # a logits chunk of ~4 MiB stays in cache (TikTok users: 112 rows)
 ROW_MULTIPLE = 16  # anchors are padded to a multiple of this: the products see a few shapes, not one per batch
 
@@ -44,7 +47,9 @@ class LogSumExpProduct(torch.autograd.Function):
         # distinct product shapes (oneDNN, which runs CPU bf16 products, caches a kernel per shape)
         rows = a.shape[0]
         pad = -rows % ROW_MULTIPLE
-        a_low = F.pad(a.detach().to(dtype), (0, 0, 0, pad))
+        # base-2 logits: exp(x) = 2^(x log2 e), and torch's exp2 runs ~3x faster than its exp on CPU
+        # (0.28 against 0.84 ns an element, AVX-512, 2026-12-01); log2 e is folded into the anchors
+        a_low = F.pad((a.detach() * LOG2_E).to(dtype), (0, 0, 0, pad))
         o_low = o.detach().to(dtype)
         o_t = o_low.T.contiguous()  # (d, N): the forward product runs ~1.5x faster on this layout
         chunk = max(1, CHUNK_BYTES // (4 * max(1, o.shape[0])) // ROW_MULTIPLE) * ROW_MULTIPLE
@@ -64,10 +69,10 @@ class LogSumExpProduct(torch.autograd.Function):
             else:
                 logits.copy_(a_c @ o_t)
             shift = logits.amax(1, keepdim=True)
-            probs = logits.sub_(shift).exp_()  # in place: exp(logits - row max)
+            probs = logits.sub_(shift).exp2_()  # in place: exp(logits - row max), from base-2 logits
             norm = probs.sum(1, keepdim=True)
             w = weights[start:start + chunk]
-            total += ((norm.log() + shift) * w).sum()
+            total += ((norm.log2() + shift) * w).sum()  # log2-sum-exp2 of the base-2 logits
             if needs_grad:  # d (w_n lse_n) / d logits_n = w_n softmax row n
                 probs = probs.mul_(w / norm)
                 if dtype == acc:
@@ -77,9 +82,9 @@ class LogSumExpProduct(torch.autograd.Function):
                     probs = probs.to(dtype)
                     grad_a[start:start + chunk] = probs @ o_low
                     grad_o += (probs.T @ a_c).to(acc)
-        if needs_grad:
-            ctx.save_for_backward(grad_a[:rows], grad_o)
-        return total
+        if needs_grad:  # grad_o was summed against the base-2 anchors
+            ctx.save_for_backward(grad_a[:rows], grad_o.mul_(LN_2))
+        return total * LN_2  # back to natural logarithms
 
     @staticmethod
     def backward(ctx, grad_total):
