@@ -134,7 +134,7 @@ class FitResult:
     wall_s: float
     test_result: EvalResult | None = field(default=None, repr=False)  # per-user table at best_epoch
     run_id: str = ""  # the same in every file of a run directory (a resumed run keeps its id)
-    peak_rss_mib: float | None = None  # this process's peak RSS while it trained (since it (re)started the run)
+    peak_rss_mib: float | None = None  # peak RSS while it trained (a resumed run: the highest of its processes')
     peak_gpu_mib: float | None = None  # on CUDA: the most memory torch held allocated on the device
     cpu_s: float | None = None  # process CPU time (all threads) spent training, over every (re)start of the run
 
@@ -277,7 +277,9 @@ class Trainer:
             self.history.append(record)
         if best_test_result is None:  # resumed after the best epoch: rebuild its table
             best_test_result = self._best_test_from_checkpoint()
-        peaks = (memory.peak_rss_mib(),
+        # over the whole run: a resumed run's earlier processes left their peaks in the history
+        earlier = [r["hwm_eval_mib"] for r in self.history if r.get("hwm_eval_mib") is not None]
+        peaks = (max([memory.peak_rss_mib(), *earlier]),
                  torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None)
         result = self._result(time.perf_counter() - start, best_test_result, *peaks, time.process_time() - cpu_start)
         for cb in self.callbacks:

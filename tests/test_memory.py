@@ -233,3 +233,19 @@ def test_the_history_traces_memory_phase_by_phase():
     assert trace.min() > 0 and (np.diff(trace) >= 0).all()
     assert (result.history["rss_mib"] <= result.history["hwm_eval_mib"]).all()
     assert result.peak_rss_mib >= trace[-1]
+
+
+def test_a_resumed_run_reports_the_peak_of_all_its_processes(tmp_path):
+    """A run resumed from last.pt reports the highest peak of the processes it ran in: the earlier ones
+    left theirs in the history."""
+    from diffmm import datasets
+    from diffmm.experiments.runs import build_run_config, run
+    from diffmm.train import load_checkpoint
+
+    data = datasets.load("synthetic", n_users=60, n_items=40, seed=1)
+    run(data, build_run_config("mf", overrides={"epochs": 1, "progress": False}), tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["history"][0]["hwm_eval_mib"] = 1e6  # as if the first process had peaked there
+    torch.save(state, tmp_path / "last.pt")
+    result, _ = run(data, build_run_config("mf", overrides={"epochs": 2, "progress": False}), tmp_path)
+    assert result.epochs_run == 2 and result.peak_rss_mib == 1e6
