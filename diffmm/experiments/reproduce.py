@@ -17,6 +17,7 @@ the runs before it, or of the figures redrawn between runs, stays behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -188,26 +189,19 @@ def _attempt(name: str, action: Callable[[], dict | None]) -> tuple[str, float, 
         return name, time.perf_counter() - start, f"{type(error).__name__}: {error}", None, None
 
 
-def _worker(args: tuple) -> tuple[str, float, str | None, dict | None, str | None]:
-    """One run in a worker process (:func:`_attempt`'s outcome; the record goes back to the parent: a
-    remote worker may not see the store)."""
+def _worker(args: tuple, local: bool = False) -> tuple[str, float, str | None, dict | None, str | None]:
+    """One run in a worker process (:func:`_attempt`'s outcome). A ``local`` worker writes the record into
+    the store itself, so a run that finishes after its sweep was killed is kept; a remote one hands it
+    back to the parent (it may not see the store)."""
     from diffmm import memory
 
     memory.configure()  # the allocator settings of ``python -m diffmm``, in this process too
     job, store, work, device, threads, data_root, keep = args
+    if local:
+        name, seconds, error, _, busy = _attempt(job.name, lambda: execute(job, store, work, device, threads,
+                                                                           data_root, keep))
+        return name, seconds, error, None, busy
     return _attempt(job.name, lambda: stored(job, store) or execute(job, None, work, device, threads, data_root, keep))
-
-
-def _local_worker(args: tuple) -> tuple[str, float, str | None, dict | None, str | None]:
-    """One run in a local worker process, which writes its record into the store itself: a run that
-    finishes after its sweep was killed is kept."""
-    from diffmm import memory
-
-    memory.configure()
-    job, store, work, device, threads, data_root, keep = args
-    name, seconds, error, _, busy = _attempt(job.name, lambda: execute(job, store, work, device, threads,
-                                                                       data_root, keep))
-    return name, seconds, error, None, busy
 
 
 def worker_processes():
@@ -279,7 +273,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
             done(name, seconds, error, busy=busy)
     else:  # a fresh process per run; a failed run is reported, the rest go on
         with worker_processes().Pool(jobs, maxtasksperchild=1) as pool:
-            for outcome in pool.imap_unordered(_local_worker, args):
+            for outcome in pool.imap_unordered(functools.partial(_worker, local=True), args):
                 done(*outcome)
     bar.close()
     return errors
