@@ -170,6 +170,13 @@ def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_row
     assert float(got_loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    # float32, the training precision (base-2 exponentials): the float64 result to float32 rounding
+    f32 = [t.detach().float().requires_grad_() for t in (anchor, other)]
+    single = info_nce(*f32, nodes, tau)
+    single.backward()
+    assert float(single.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    for t, w in zip(f32, want):
+        torch.testing.assert_close(t.grad.double(), w, rtol=1e-5, atol=1e-6)
     # bfloat16 products: close to the float64 result, with float32 gradients
     a32, o32 = anchor.detach().float().requires_grad_(), other.detach().float().requires_grad_()
     low = info_nce(a32, o32, nodes, tau, torch.bfloat16)
