@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -481,6 +482,11 @@ def test_verdicts_on_ablations_and_trends():
     mixed = verdict_table({**full, "w/o CL": 0.09, "w/o DM": 0.10, "w/o MSI": 0.101})
     assert run(_each_helps, ablation, mixed) == "Partly"
     assert run(_each_helps, ablation, verdict_table({**full, "w/o CL": 0.10, "w/o DM": 0.10, "w/o MSI": 0.11})) == "No"
+    within = verdict_table({**full, "w/o CL": 0.099, "w/o DM": 0.1005, "w/o MSI": 0.0995})
+    assert run(_each_helps, dataclasses.replace(ablation, paper=()), within) == "Not settled"
+    # the paper's TikTok drops (-0.0103 / -0.0054 / -0.0043) are larger than this noise: not seeing them is a No
+    status, text = _each_helps(ablation, within, "recall@20 mean", 0.002, None, None)
+    assert status == "No" and "the paper's drops" in text and "w/o CL: -0.0103" in text
     rho, omega = ANALYSES["tiktok/fig4_fusion_ratio"], ANALYSES["tiktok/fig3b_omega"]
     falling = verdict_table({"0": 0.10, "0.2": 0.099, "0.6": 0.095, "1": 0.09}, "fusion_ratio")
     assert run(_falls, rho, falling) == "Yes"
