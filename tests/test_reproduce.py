@@ -1,6 +1,7 @@
 """The reproduction pipeline: declared analyses -> runs -> results store -> figures, on the quick variants."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from diffmm.experiments import reproduce, tables
 from diffmm.experiments.runs import build_run_config
 from diffmm.experiments.store import RecordError, load_records, read_record, run_key
 from diffmm.train import Callback
-from diffmm.viz.gallery import gallery_markdown
+from diffmm.viz.gallery import _anchors, gallery_markdown
 
 VOLATILE = ("finished", "wall_s", "cpu_s", "epoch_s", "code", "threads", "python", "torch", "peak_rss_mib", "peak_gpu_mib")
 
@@ -109,6 +110,15 @@ def test_render_only_draws_from_the_store(full, tmp_path):
     case = text[text.index("### Case study, measured"):]
     modalities = sorted(next(r for r in records.values() if r["model"] == "diffmm")["data"]["modalities"])
     assert [line.split(" | ")[0].strip("| ") for line in case.splitlines()[6:6 + len(modalities)]] == modalities
+    # the summary links every analysis of the paper to its own section, by GitHub's heading anchors
+    glance = text[text.index("## At a glance"):text.index("\n## ", text.index("## At a glance") + 1)]
+    rows = [line for line in glance.splitlines() if line.startswith("| ") and "](#" in line]
+    assert len(rows) == sum(1 for a in declared.quick_analyses().values() if a.claim) > 3
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    for row in rows:
+        title, anchor = re.search(r"\[(.+)\]\(#(.+)\)", row).groups()
+        assert headings[_anchors(headings).index(anchor)] == f"### {title}"
+    assert _anchors(["# A: b (c)", "## A: b (c)", "### x_y - z"]) == ["a-b-c", "a-b-c-1", "x_y---z"]
 
 
 class Crash(Callback):

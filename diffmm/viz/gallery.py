@@ -8,6 +8,8 @@ of one point), which is what a difference has to exceed to mean anything.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -286,24 +288,45 @@ def gallery_markdown(analyses: Sequence[Analysis], records: dict[str, dict]) -> 
              "validation Recall@20 (the paper selects the epoch on the test set: its numbers are optimistic); "
              "error bars are the sample std over seeds. The measured sentences are recomputed from the store "
              "each time the figures are drawn.", ""]
+    body, glance = [], []
     for dataset in dict.fromkeys(a.dataset for a in analyses):
-        lines += [f"## {DATASET_TITLES.get(dataset, dataset)}", ""]
+        body += [f"## {DATASET_TITLES.get(dataset, dataset)}", ""]
         for analysis in (a for a in analyses if a.dataset == dataset):
             runs = run_frame(analysis, records)
             planned = sum(len(p.seeds or analysis.seeds) for p in analysis.points)
             stem = f"{dataset}/{analysis.name}"
-            lines += [f"### {analysis.title}", "",
-                      f"![{analysis.title}]({stem}.png)", "",
-                      f"[interactive]({stem}.html) · [pdf]({stem}.pdf) · [csv]({stem}.csv) · "
-                      f"`python -m diffmm reproduce --only {analysis.id}` · {len(runs)} of {planned} runs stored", ""]
-            if analysis.claim:
-                lines += [f"**The paper:** {analysis.claim}", ""]
-            lines += [f"**Measured here:** {finding(analysis, runs, records)}", ""]
             agrees = verdict(analysis, runs, records)
+            if analysis.claim:  # the verdict's first word: 'Yes', 'Partly', 'No', 'Not settled', 'Not yet'
+                status = re.split(r"[:(]", agrees)[0].strip() if agrees else "not testable"
+                glance.append((analysis, len(body), f"{len(runs)} of {planned}", status))
+            body += [f"### {analysis.title}", "",
+                     f"![{analysis.title}]({stem}.png)", "",
+                     f"[interactive]({stem}.html) · [pdf]({stem}.pdf) · [csv]({stem}.csv) · "
+                     f"`python -m diffmm reproduce --only {analysis.id}` · {len(runs)} of {planned} runs stored", ""]
+            if analysis.claim:
+                body += [f"**The paper:** {analysis.claim}", ""]
+            body += [f"**Measured here:** {finding(analysis, runs, records)}", ""]
             if agrees:
-                lines += [f"**Agrees with the paper?** {agrees}", ""]
+                body += [f"**Agrees with the paper?** {agrees}", ""]
             if analysis.note:
-                lines += [f"*Setting:* {analysis.note}.", ""]
-        lines += [line for a in analyses if a.dataset == dataset and a.name == "table2_comparison"
-                  for line in case_study_markdown(records, a)]
-    return "\n".join(lines).rstrip() + "\n"
+                body += [f"*Setting:* {analysis.note}.", ""]
+        body += [line for a in analyses if a.dataset == dataset and a.name == "table2_comparison"
+                 for line in case_study_markdown(records, a)]
+    if glance:  # one row per analysis of the paper, linked to its section below
+        lines += ["## At a glance", "", "| dataset | analysis | runs stored | agrees with the paper? |",
+                  "|---|---|---|---|"]
+        anchors = _anchors([line for line in lines + body if line.startswith("#")])
+        rank = {i: sum(line.startswith("#") for line in lines + body[:i]) for _, i, _, _ in glance}  # heading index
+        lines += [f"| {analysis.dataset} | [{analysis.title}](#{anchors[rank[i]]}) | {stored} | {status} |"
+                  for analysis, i, stored, status in glance] + [""]
+    return "\n".join(lines + body).rstrip() + "\n"
+
+
+def _anchors(headings: list[str]) -> list[str]:
+    """GitHub's link targets for these Markdown headings, in order (a repeated heading gets -1, -2, ...)."""
+    seen, out = Counter(), []
+    for heading in headings:
+        slug = re.sub(r"[^\w\- ]", "", heading.lstrip("#").strip().lower()).replace(" ", "-")
+        out.append(slug if not seen[slug] else f"{slug}-{seen[slug]}")
+        seen[slug] += 1
+    return out
