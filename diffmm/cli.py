@@ -65,24 +65,12 @@ def cmd_train(args, extra) -> int:
 
 
 def cmd_evaluate(args, extra) -> int:
-
     import pandas as pd
     from diffmm.evaluate import evaluate
-    from diffmm.experiments.runs import RunConfig
-    from diffmm.models import build_model
-    from diffmm.train import changed_settings, data_signature, load_checkpoint
+    from diffmm.experiments.runs import load_run
 
-    run_dir = Path(args.run)
-    config = RunConfig.load(run_dir / "config.json")
     dataset = _load_data(args.data)
-    model = build_model(config.model, dataset, config.model_config)
-    best = load_checkpoint(run_dir / "best.pt")
-    if "signature" in best:  # checkpoints of earlier versions have none: load_state_dict checks shapes
-        changed = changed_settings({"data": best["signature"]["data"]}, {"data": data_signature(dataset)})
-        if changed:
-            raise ValueError(f"{run_dir / 'best.pt'} was trained on other data ({'; '.join(changed)}): "
-                             "pass the dataset it was trained on with --data")
-    model.load_state_dict(best["model"])
+    model, config = load_run(args.run, dataset)  # refused, naming both, if trained on other data
     rows = {split: evaluate(model.scorer(), dataset, split, config.train.ks).metrics for split in ("valid", "test")}
     print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}"))
     return 0

@@ -92,6 +92,24 @@ def test_04_case_study(tmp_path):
     assert "application/vnd.plotly.v1+json" not in kinds, "the explorer's figures leaked out of its Output widgets"
 
 
+def test_04_case_study_of_a_trained_run_directory(tmp_path):
+    """RUN: the notebook shows a model trained elsewhere (its best weights and generated graphs), trains none."""
+    from diffmm import datasets
+    from diffmm.experiments import build_run_config, run
+
+    synthetic = {"n_users": 200, "n_items": 150}
+    config = build_run_config("diffmm", None, {"dim": 16, "denoiser_hidden": (32,), "rebuild_k": 3, "epochs": 2,
+                                               **TINY_TRAIN})
+    run(datasets.load("synthetic", **synthetic), config, tmp_path / "run")
+    figures = tmp_path / "figures"
+    nb = execute("04_case_study.ipynb", {"DATA": "synthetic", "SYNTHETIC": synthetic, "RUN": str(tmp_path / "run"),
+                                         "FIGURES_DIR": str(figures), "EPOCHS": 0})
+    shown = [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells for o in c.get("outputs", [])
+             if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert shown and all("run run, epoch" in s["layout"]["title"]["text"] for s in shown)
+    assert {n.rsplit("_", 1)[1] for n in html_names(figures) if n.startswith("04_case_study_user")} == {"image", "text"}
+
+
 @pytest.mark.parametrize("name, figures", [
     ("02_sparsity.ipynb", {"tiktok_fig2_sparsity", "tiktok_table2_comparison"}),
     ("03_fusion_ratio_and_hyperparameters.ipynb", {"tiktok_fig4_fusion_ratio", "tiktok_fig3a_lambda0",

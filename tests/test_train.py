@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from diffmm.config import LightGCNConfig, TrainConfig
 from diffmm.experiments.runs import RunConfig
@@ -129,6 +130,20 @@ def test_cli_evaluate_a_run_directory_and_refuse_other_data(tmp_path, capsys):
     write_diffmm_dir(make_synthetic(n_users=300, n_items=200, seed=0), other)
     assert main(["evaluate", "--run", str(out), "--data", str(other)]) == 2
     assert "was trained on other data (data.items" in capsys.readouterr().err
+
+
+def test_load_run_gives_the_trained_model_back(data, tmp_path):
+    from diffmm.experiments import load_run
+
+    config = build_run_config("diffmm", overrides={"epochs": "2", "progress": "false", "dim": "16",
+                                                   "denoiser_hidden": "32", "rebuild_k": "3"})
+    _, trained = run(data, config, tmp_path)
+    model, loaded = load_run(tmp_path, data)
+    assert loaded == config and not model.training
+    assert model.generated.keys() == trained.generated.keys()
+    assert all((model.generated[m] != trained.generated[m]).nnz == 0 for m in model.generated)
+    users = torch.arange(data.n_users)
+    assert torch.equal(model.scorer()(users), trained.eval().scorer()(users))
 
 
 def test_run_directory_contents(data, tmp_path):

@@ -196,6 +196,28 @@ def _run(dataset, config, out, resume, callbacks):
     return result, model
 
 
+def load_run(run_dir: str | Path, dataset: RecDataset) -> tuple[torch.nn.Module, RunConfig]:
+    """A run directory's model with its best-validation weights (``best.pt``), and its config.
+
+    The model is rebuilt from ``config.json`` for ``dataset``, which must be the data it was trained on
+    (the checkpoint's data signature is checked; a mismatch names both). A DiffMM model comes back with
+    the generated graphs of its selected epoch (``model.generated``). The checkpoint is read as data.
+    """
+    from diffmm.train import changed_settings, data_signature
+
+    run_dir = Path(run_dir)
+    config = RunConfig.load(run_dir / "config.json")
+    best = load_checkpoint(run_dir / "best.pt")
+    if "signature" in best:  # checkpoints of earlier versions have none: load_state_dict checks shapes
+        changed = changed_settings({"data": best["signature"]["data"]}, {"data": data_signature(dataset)})
+        if changed:
+            raise ValueError(f"{run_dir / 'best.pt'} was trained on other data ({'; '.join(changed)}): "
+                             "give the dataset it was trained on")
+    model = build_model(config.model, dataset, config.model_config)
+    model.load_state_dict(best["model"])
+    return model.eval(), config
+
+
 def run_dir_results(out_dir: str | Path, required: Sequence[str] = ("test",)) -> dict:
     """A finished run directory's metrics.json, checked to belong to the same run as its config.json."""
     out = Path(out_dir)
