@@ -153,3 +153,23 @@ def test_05_diffusion_walkthrough(tmp_path):
     titles = [s["layout"]["title"]["text"] for s in shown]
     assert all("after 2 training epochs" in t for t in titles[2:])  # the trained panels say how briefly
     assert all("width" not in s["layout"] for s in shown)  # every figure fills the cell, none is wider
+
+
+def test_05_walks_through_trained_run_directories(tmp_path):
+    from diffmm import datasets
+    from diffmm.experiments import build_run_config, run
+
+    synthetic = {"n_users": 200, "n_items": 150}
+    dataset, runs = datasets.load("synthetic", **synthetic), {}
+    for label, msi_weight in (("MSI off", 0.0), ("MSI on", 0.1)):
+        config = build_run_config("diffmm", None, {"dim": 16, "denoiser_hidden": (32,), "rebuild_k": 3, "epochs": 3,
+                                                   "msi_weight": msi_weight, **TINY_TRAIN})
+        runs[label] = str(tmp_path / label.replace(" ", "-"))
+        run(dataset, config, runs[label])
+    nb = execute("05_diffusion_walkthrough.ipynb", {"DATA": "synthetic", "SYNTHETIC": synthetic, "RUNS": runs,
+                                                    "EPOCHS": 0, "FIGURES_DIR": str(tmp_path / "figures")})
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "msi_weight 0.0" in printed and "msi_weight 0.1" in printed
+    shown = [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells for o in c.get("outputs", [])
+             if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(shown) == 4 and "training epoch" in shown[2]["layout"]["title"]["text"]
