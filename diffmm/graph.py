@@ -41,6 +41,17 @@ def sym_normalize(adjacency: sp.spmatrix) -> sp.csr_matrix:
     return out
 
 
+def row_normalize(adjacency: sp.spmatrix) -> sp.csr_matrix:
+    """D^{-1} A: each row sums to one; rows with zero degree stay zero."""
+    adjacency = sp.csr_matrix(adjacency)
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    inv = np.zeros_like(degree, dtype=np.float64)
+    inv[degree > 0] = 1 / degree[degree > 0]
+    out = (sp.diags(inv) @ adjacency).tocsr().astype(np.float32)
+    out.sort_indices()
+    return out
+
+
 def csr_to_tensors(matrix: sp.spmatrix) -> dict[str, torch.Tensor]:
     """A scipy CSR matrix as plain tensors (what a checkpoint loaded with ``weights_only=True`` may hold)."""
     matrix = sp.csr_matrix(matrix)

@@ -55,15 +55,20 @@ def raw(data: RecDataset) -> dict[str, torch.Tensor]:
     return {m: torch.from_numpy(f).to(D) for m, f in data.item_features.items()}
 
 
-def dense_lightgcn(train: sp.spmatrix, users: torch.Tensor, items: torch.Tensor, layers: int):
-    """LightGCN written densely: mean_{l=0..L} (D^-1/2 A D^-1/2)^l E_0."""
+def dense_lightgcn(train: sp.spmatrix, users: torch.Tensor, items: torch.Tensor, layers: int, graph: str = "sym"):
+    """LightGCN written densely: mean_{l=0..L} A_hat^l E_0, A_hat = D^-1/2 A D^-1/2 (``graph='sym'``) or
+    D^-1 (A + I) (``'row+self'``: LATTICE's code)."""
     r = torch.from_numpy(train.toarray()).to(D)
     n_users, n_items = r.shape
     a = torch.zeros(n_users + n_items, n_users + n_items, dtype=D)
     a[:n_users, n_users:], a[n_users:, :n_users] = r, r.T
-    deg = a.sum(1)
-    inv = torch.where(deg > 0, deg.clamp_min(1e-300) ** -0.5, torch.zeros_like(deg))
-    a_hat = inv[:, None] * a * inv[None, :]
+    if graph == "row+self":
+        a = a + torch.eye(len(a), dtype=D)
+        a_hat = a / a.sum(1, keepdim=True)
+    else:
+        deg = a.sum(1)
+        inv = torch.where(deg > 0, deg.clamp_min(1e-300) ** -0.5, torch.zeros_like(deg))
+        a_hat = inv[:, None] * a * inv[None, :]
     layer = torch.cat([users, items])
     total = layer.clone()
     for _ in range(layers):
@@ -73,12 +78,16 @@ def dense_lightgcn(train: sp.spmatrix, users: torch.Tensor, items: torch.Tensor,
     return total[:n_users], total[n_users:]
 
 
-def dense_knn(features: torch.Tensor, k: int) -> torch.Tensor:
+def dense_knn(features: torch.Tensor, k: int, normalise: bool = True) -> torch.Tensor:
     """Cosine similarities, kept where in the row's top-k (LATTICE's kNN sparsification), then D^-1/2 S D^-1/2."""
     unit = features / features.norm(dim=1, keepdim=True)
     sim = unit @ unit.T
     keep = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, sim.detach().topk(k, dim=1).indices, True)
     s = sim * keep
+    return sym_normalised(s) if normalise else s
+
+
+def sym_normalised(s: torch.Tensor) -> torch.Tensor:
     deg = s.sum(1)
     return deg.rsqrt()[:, None] * s * deg.rsqrt()[None, :]
 
@@ -170,21 +179,25 @@ def lattice_reference(data, w, cfg):
     of the dataset's features; the learned one of the model's (fine-tuned: its parameters)."""
     initial = raw(data)
     f = {m: w[f"raw_{m}"] for m in initial} if cfg.fine_tune_features else initial
-    alpha = torch.softmax(w["modality_logits"], 0)
-    graph = sum(alpha[k] * (cfg.skip_weight * dense_knn(initial[m], cfg.knn_k) + (1 - cfg.skip_weight)
-                            * dense_knn(f[m] @ w[f"projections.{m}.weight"].T + w[f"projections.{m}.bias"], cfg.knn_k))
-                for k, m in enumerate(f))
+    alpha, lam = torch.softmax(w["modality_logits"], 0), cfg.skip_weight
+    paper = cfg.graphs == "paper"  # each learned graph normalised, or (the authors' code) their alpha-mix once
+    learned = {m: dense_knn(f[m] @ w[f"projections.{m}.weight"].T + w[f"projections.{m}.bias"], cfg.knn_k, paper)
+               for m in f}
+    mixed = sum(alpha[k] * learned[m] for k, m in enumerate(f))
+    graph = sum(alpha[k] * lam * dense_knn(initial[m], cfg.knn_k) for k, m in enumerate(f)) \
+        + (1 - lam) * (mixed if paper else sym_normalised(mixed))
     h = w["item_embedding"]
     for _ in range(cfg.item_layers):
         h = graph @ h
-    users, items = dense_lightgcn(data.train, w["user_embedding"], w["item_embedding"], cfg.layers)
+    users, items = dense_lightgcn(data.train, w["user_embedding"], w["item_embedding"], cfg.layers,
+                                  "sym" if paper else "row+self")
     return users, items + h / h.norm(dim=1, keepdim=True)
 
 
-@pytest.mark.parametrize("fine_tune", [True, False])
-def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny, fine_tune):
+@pytest.mark.parametrize("fine_tune, graphs", [(True, "code"), (False, "code"), (True, "paper"), (False, "paper")])
+def test_lattice_score_loss_and_graph_gradient_match_the_paper(tiny, fine_tune, graphs):
     cfg = LATTICEConfig(dim=4, feature_dim=3, layers=2, item_layers=2, knn_k=2, skip_weight=0.6, l2=0.2,
-                        knn_chunk_rows=2, fine_tune_features=fine_tune)
+                        knn_chunk_rows=2, fine_tune_features=fine_tune, graphs=graphs)
     before = raw(tiny)
     model = LATTICE(tiny, cfg)
     w = set_weights(model)  # fine-tuned features are parameters: overwritten, unlike the initial graph's

@@ -15,7 +15,7 @@ from diffmm.cli import main as cli
 from diffmm.experiments import analyses as declared
 from diffmm.experiments import reproduce, tables
 from diffmm.experiments.runs import build_run_config
-from diffmm.experiments.store import RecordError, load_records, read_record, run_key
+from diffmm.experiments.store import LEGACY_VALUES, RecordError, load_records, read_record, run_key
 from diffmm.train import Callback
 from diffmm.viz.gallery import _anchors, gallery_markdown
 
@@ -209,22 +209,24 @@ def test_the_key_ignores_runtime_settings_only():
     assert run_key("tiktok", old) == run_key("tiktok", config)
 
 
-@pytest.mark.parametrize("model", ["bm3", "lattice"])
-def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path, model):
-    """BM3's and LATTICE's features became fine-tuned by default: a record written before, without the
-    field, ran with them fixed, and is found under that config's key, not the new default's."""
+@pytest.mark.parametrize("model, field", [(m, f) for m, fields in LEGACY_VALUES.items() for f in fields])
+def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path, model, field):
+    """A setting whose default changed (BM3's and LATTICE's features became fine-tuned; LATTICE's graphs took
+    its authors' code's form): a record written before, without the field, ran with the old value, and is
+    found under that config's key, not the new default's."""
     config = next(c for _, _, c in declared.ANALYSES["tiktok/table2_comparison"].runs() if c.model == model)
-    assert config.model_config.fine_tune_features
-    fixed = config.replace(model_config=config.model_config.replace(fine_tune_features=False))
-    old = {k: v for k, v in config.to_dict()["model_config"].items() if k != "fine_tune_features"}
+    value = LEGACY_VALUES[model][field]
+    assert getattr(config.model_config, field) != value
+    before = config.replace(model_config=config.model_config.replace(**{field: value}))
+    old = {k: v for k, v in config.to_dict()["model_config"].items() if k != field}
     record = {"key": "x", "dataset": "tiktok", "model": model, "seed": 421, "test": {}, "valid": {},
               "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {},
               "config": {**config.to_dict(), "model_config": old}}
     (tmp_path / "tiktok").mkdir()
     (tmp_path / "tiktok" / f"{model}-old.json").write_text(json.dumps(record))
     (key, loaded), = load_records(tmp_path).items()
-    assert key == run_key("tiktok", fixed) != run_key("tiktok", config)
-    assert loaded["config"]["model_config"]["fine_tune_features"] is False
+    assert key == run_key("tiktok", before) != run_key("tiktok", config)
+    assert loaded["config"]["model_config"][field] == value
 
 
 def test_a_record_of_newer_code_is_left_out_with_a_warning(tmp_path):

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from diffmm.config import BM3Config, LATTICEConfig, LightGCNMConfig, VBPRConfig
 from diffmm.data.dataset import RecDataset
-from diffmm.graph import Adjacency, normalized_adjacency
+from diffmm.graph import Adjacency, bipartite, normalized_adjacency, row_normalize
 from diffmm.models.base import Recommender, bpr
 from diffmm.models.baselines import LightGCN
 
@@ -91,11 +91,12 @@ def knn_propagate(neighbours: torch.Tensor, weights: torch.Tensor, x: torch.Tens
 
 
 def knn_csr(neighbours: torch.Tensor, weights: torch.Tensor) -> sp.csr_matrix:
-    """A kNN graph, fixed, as an (n, n) scipy CSR matrix (for :class:`Adjacency`: fast ``A @ X``)."""
+    """A kNN graph, fixed, as an (n, n) scipy CSR matrix (for :class:`Adjacency`: fast ``A @ X``); a
+    column named twice in a row holds the sum of its weights."""
     n, k = neighbours.shape
     data, columns = (np.array(t.detach().cpu().numpy().ravel()) for t in (weights, neighbours))  # copies: sorted below
     matrix = sp.csr_matrix((data, columns, np.arange(0, n * k + 1, k)), shape=(n, n))
-    matrix.sort_indices()
+    matrix.sum_duplicates()
     return matrix
 
 
@@ -219,11 +220,14 @@ class LATTICE(Recommender):
     reused, detached with its alpha, for the epoch's other steps, and recomputed for evaluation;
     an item is its own nearest neighbour; degrees are row sums of the (directed) kNN graph; the
     L2 is on the batch's final embeddings; Xavier-uniform ids; 2 user-item layers; projected
-    size 64. Unlike that code, each modality's learned graph is normalised before the alpha-mix
-    (as the paper writes it; the code mixes them, then normalises), and the user-item graph is
-    LightGCN's D^-1/2 A D^-1/2 (the code uses D^-1 (A + I)). As in that code, the raw features are
-    fine-tuned (``fine_tune_features``): they get a gradient through the learned graphs, at the step
-    that rebuilds them, while S~^m stays the graph of the features the model started from.
+    size 64; the raw features are fine-tuned (``fine_tune_features``): they get a gradient through
+    the learned graphs, at the step that rebuilds them, while S~^m stays the graph of the features
+    the model started from. With ``graphs='code'`` (the default), also that code's graphs: the
+    modalities' learned kNN graphs are alpha-mixed and the mix normalised once,
+    A = lambda sum_m alpha_m S~^m + (1 - lambda) Norm(sum_m alpha_m S^m_learned), and the user-item
+    graph is D^-1 (A + I); ``graphs='paper'`` normalises each learned graph before the mix, as in
+    steps 2-4 above, on LightGCN's D^-1/2 A D^-1/2. Left out: that code's learning-rate decay
+    (x0.96 every 50 epochs).
 
     Args:
         dataset: interactions and ``item_features`` (any number of modalities).
@@ -250,7 +254,9 @@ class LATTICE(Recommender):
 
     @property
     def adjacency(self) -> Adjacency:
-        return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
+        if self.config.graphs == "paper":
+            return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
+        return self.on_device("graph", lambda device: Adjacency(row_normalize(bipartite(self._train, True)), device))
 
     def _knn(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised kNN graph of (n_items, d) features: (neighbours, weights), (n_items, k) each."""
@@ -261,17 +267,28 @@ class LATTICE(Recommender):
         """S~^m: the normalised kNN graph of modality m's raw features as the model started (fixed)."""
         return self.on_device(f"initial/{m}", lambda device: Adjacency(self._initial[m], device))
 
-    def learned_graphs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """A^m_learned for every modality: (neighbours, normalised weights), (n_items, k) each."""
-        return {m: self._knn(self.projections[m](getattr(self, f"raw_{m}")))  # of W^m f^m + b^m, (I, d')
-                for m in self.modalities}
+    def learned_graph(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 - lambda) times the learned part of A: (neighbours, weights), (n_items, k M) each.
+
+        Of the kNN graphs of the projected features W^m f^m + b^m: each normalised, then alpha-mixed
+        (``graphs='paper'``), or alpha-mixed, then normalised (``'code'``). A row may name an item twice
+        (once per modality): propagation sums both.
+        """
+        graphs = [knn_graph(self.projections[m](getattr(self, f"raw_{m}")), self.config.knn_k,
+                            self.config.knn_chunk_rows) for m in self.modalities]
+        neighbours = torch.cat([n for n, _ in graphs], 1)
+        if self.config.graphs == "paper":
+            weights = torch.cat([alpha[k] * normalize_knn(n, s) for k, (n, s) in enumerate(graphs)], 1)
+        else:
+            weights = normalize_knn(neighbours, torch.cat([alpha[k] * s for k, (_, s) in enumerate(graphs)], 1))
+        return neighbours, (1 - self.config.skip_weight) * weights
 
     def before_epoch(self, epoch, optimizers, progress=False):
         self._rebuild = True
         return {}
 
     def item_graph_embeddings(self, rebuild: bool = True) -> torch.Tensor:
-        """h = A^L e_item, A = sum_m alpha_m (lambda S~^m + (1 - lambda) A^m_learned); (I, d).
+        """h = A^L e_item with A = lambda sum_m alpha_m S~^m + the learned part (:meth:`learned_graph`); (I, d).
 
         With ``rebuild`` False, A is the graph of the last training step that rebuilt it, as one
         fixed sparse matrix: no gradient reaches alpha or the projections (the authors' detach).
@@ -282,13 +299,14 @@ class LATTICE(Recommender):
             for _ in range(self.config.item_layers):
                 h = graph @ h
             return h
-        alpha, learned = torch.softmax(self.modality_logits, 0), self.learned_graphs()
-        for _ in range(self.config.item_layers):
-            h = sum(alpha[k] * (lam * (self.initial_graph(m) @ h) + (1 - lam) * knn_propagate(*learned[m], h))
-                    for k, m in enumerate(self.modalities))  # skip connection, then the alpha-mix
+        alpha = torch.softmax(self.modality_logits, 0)
+        learned = self.learned_graph(alpha)
+        for _ in range(self.config.item_layers):  # the skip connection to S~^m, then the learned graph
+            h = sum(alpha[k] * lam * (self.initial_graph(m) @ h) for k, m in enumerate(self.modalities)) \
+                + knn_propagate(*learned, h)
         if torch.is_grad_enabled():  # a training step: the epoch's other steps reuse this A
-            self._epoch_graph = sum(a * (lam * self._initial[m] + (1 - lam) * knn_csr(*learned[m]))
-                                    for a, m in zip(alpha.tolist(), self.modalities))
+            self._epoch_graph = sum(a * lam * self._initial[m] for a, m in zip(alpha.tolist(), self.modalities)) \
+                + knn_csr(*learned)
             self.forget("epoch/")
         return h
 
