@@ -14,8 +14,11 @@ Protocols (how each model is trained on each dataset) live in :data:`PROTOCOLS`;
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from diffmm.experiments.runs import RunConfig, build_run_config
 
@@ -37,6 +40,9 @@ class Protocol:
 BM3_WHY = ("its authors' code (features fine-tuned, alignment weight 2); dropout, lambda and layers chosen on "
            "validation one at a time; early stop after 20 validations")
 
+LATTICE_WHY = ("its paper's settings (diffmm.config), features fine-tuned as in its authors' code; the form of its "
+               "graphs (its paper's or its authors' code's) chosen on validation; early stop after 20 validations")
+
 # The paper's settings where they exist (the authors' README commands: tiktok preset, 50 epochs, no early
 # stop); the baselines with the defaults of diffmm.config, MF's L2 chosen on TikTok's validation split.
 # ``progress`` is off: runs are driven by the reproduction's own progress bar.
@@ -50,8 +56,9 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "mf": Protocol(None, {"l2": 0.1, "progress": False},
                        "item bias, L2 0.1 chosen on validation among 1e-4 ... 0.5"),
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
-        **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
-                                                      "20 validations") for model in ("lightgcn-m", "lattice")},
+        "lightgcn-m": Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
+                                                          "20 validations"),
+        "lattice": Protocol(None, {"graphs": "paper", "progress": False}, LATTICE_WHY),
         "bm3": Protocol(None, {"dropout": 0.0, "l2": 0.1, "layers": 1, "progress": False}, BM3_WHY),
         "vbpr": Protocol(None, {"l2": 1e-2, "projection_l2": 0.1, "progress": False},
                          "its paper's model; chosen on validation one setting at a time: L2 1e-3 (E free), then "
@@ -71,8 +78,9 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "mf": Protocol(None, {"l2": 0.01, "progress": False},
                        "item bias, L2 0.01 chosen on validation among 1e-4 ... 0.5"),
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
-        **{model: Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
-                                                      "20 validations") for model in ("lightgcn-m", "lattice")},
+        "lightgcn-m": Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
+                                                          "20 validations"),
+        "lattice": Protocol(None, {"graphs": "paper", "progress": False}, LATTICE_WHY),
         "bm3": Protocol(None, {"dropout": 0.7, "l2": 0.1, "layers": 1, "progress": False}, BM3_WHY),
         "vbpr": Protocol(None, {"l2": 1e-4, "projection_l2": 0.01, "progress": False},
                          "its paper's model; chosen on validation one setting at a time: L2 1e-4 (E free), then "
@@ -171,9 +179,15 @@ def ablation(dataset: str, paper: dict | None = None) -> Analysis:
                     note="w/o CL: lambda1 = 0; w/o DM: a VGAE generates A^m; w/o MSI: lambda0 = 0")
 
 
+def value_label(value: Any) -> str:
+    """How a setting's value reads in labels and sentences: numbers compactly (1e-05, 0.5), others as text."""
+    numeric = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return f"{value:g}" if numeric else str(value)
+
+
 def line(dataset: str, name: str, field_name: str, values: tuple, title: str, claim: str, note: str = "",
          model: str = "diffmm", fixed: dict[str, Any] | None = None) -> Analysis:
-    points = tuple(Point(f"{v:g}", model, values={**(fixed or {}), field_name: v}, coords={field_name: v})
+    points = tuple(Point(value_label(v), model, values={**(fixed or {}), field_name: v}, coords={field_name: v})
                    for v in values)
     return Analysis(name, dataset, "line", title, points, seeds=SEEDS2, x=(field_name,), claim=claim, note=note)
 
@@ -186,7 +200,7 @@ def search(dataset: str, model: str, field_name: str, values: tuple, label: str,
     Several settings are searched one at a time (coordinate-wise): each pass fixes the others at the values
     it was run with. The pass whose ``fixed`` values are the protocol's is the current one, and its best
     value is the one :data:`PROTOCOLS` uses (checked against the store by the tests)."""
-    given = "".join(f", {k} = {v:g}" for k, v in (fixed or {}).items())
+    given = "".join(f", {k} = {value_label(v)}" for k, v in (fixed or {}).items())
     note = ("validation Recall@20 of the selected epoch, seed 421; settings searched one at a time, the protocol "
             "takes the best value of the pass run at its other settings" if fixed else
             "validation Recall@20 of the selected epoch, seed 421; the best value is the one the protocol uses")
@@ -200,6 +214,7 @@ PROJECTION_L2_GRID = (1e-3, 1e-2, 0.1, 1.0, 10.0)  # VBPR's lambda_E
 BM3_DROPOUT_GRID = (0.0, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
 BM3_L2_GRID = (1e-3, 1e-2, 0.1, 1.0)  # lambda on the authors' (||H_u|| + ||H_i||) / n_items
 BM3_LAYERS_GRID = (1, 2, 3)
+LATTICE_GRAPHS = ("code", "paper")  # its authors' code's graphs, or the paper's form (LATTICEConfig.graphs)
 
 
 def fusion_ratio(dataset: str, seeds: tuple[int, ...] = SEEDS2) -> Analysis:
@@ -235,6 +250,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("tiktok", "bm3", "dropout", BM3_DROPOUT_GRID, "BM3", fixed={"l2": 0.1, "layers": 1}),
     search("tiktok", "bm3", "l2", BM3_L2_GRID, "BM3", fixed={"dropout": 0.0, "layers": 1}),
     search("tiktok", "bm3", "layers", BM3_LAYERS_GRID, "BM3", fixed={"dropout": 0.0, "l2": 0.1}),
+    search("tiktok", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE"),
     comparison("tiktok", PAPER_TABLE2_TIKTOK, TIKTOK_NOTE),
     sparsity("tiktok"),
     ablation("tiktok", PAPER_TABLE3_TIKTOK),
@@ -258,6 +274,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("ml100k", "bm3", "dropout", BM3_DROPOUT_GRID, "BM3", fixed={"l2": 0.1, "layers": 1}),
     search("ml100k", "bm3", "l2", BM3_L2_GRID, "BM3", fixed={"dropout": 0.7, "layers": 1}),
     search("ml100k", "bm3", "layers", BM3_LAYERS_GRID, "BM3", fixed={"dropout": 0.7, "l2": 0.1}),
+    search("ml100k", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE"),
     comparison("ml100k", note="MovieLens-100k with text + genre modalities; no paper numbers"),
     ablation("ml100k"),
     fusion_ratio("ml100k", SEEDS3),

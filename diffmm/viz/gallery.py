@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from diffmm.experiments.analyses import Analysis
+from diffmm.experiments.analyses import Analysis, value_label
 from diffmm.experiments.tables import EQUAL_GROUPS, group_table, point_table, run_frame
 
 DATASET_TITLES = {"tiktok": "TikTok (DiffMM's split, image + audio)",
@@ -64,11 +64,11 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
         if t.empty:
             return "No runs stored yet."
         if len(t) == 1:
-            return f"Only {field} = {t[field].iloc[0]:g} has runs so far: Recall@20 {t[m].iloc[0]:.4f}."
+            return f"Only {field} = {value_label(t[field].iloc[0])} has runs so far: Recall@20 {t[m].iloc[0]:.4f}."
         best = t.loc[t[m].idxmax()]
         if analysis.split != "test":
-            return (f"Validation Recall@20 is highest at {field} = {best[field]:g} ({best[m]:.4f}); "
-                    + ", ".join(f"{v:.4f} at {x:g}" for x, v in zip(t[field], t[m])) + ".")
+            return (f"Validation Recall@20 is highest at {field} = {value_label(best[field])} ({best[m]:.4f}); "
+                    + ", ".join(f"{v:.4f} at {value_label(x)}" for x, v in zip(t[field], t[m])) + ".")
         ends = f"{t[m].iloc[0]:.4f} at {field} = {t[field].iloc[0]:g} and {t[m].iloc[-1]:.4f} at {t[field].iloc[-1]:g}"
         late = t[f"late {m}"]
         late_text = (f"; averaged over epochs >= 20 the points span {late.max() - late.min():.4f}"

@@ -25,7 +25,8 @@ from diffmm.experiments.tables import (EQUAL_GROUPS, METRICS, PAPER_EDGES, csv_t
 
 NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "msi_weight": "lambda0 (MSI weight)",
          "omega": "omega (weight of Norm(H_0))", "fusion_ratio": "fusion ratio rho", "temperature": "tau",
-         "cl_weight": "lambda1", "l2": "L2 weight", "projection_l2": "L2 weight of the projection E (lambda_E)"}
+         "cl_weight": "lambda1", "l2": "L2 weight", "projection_l2": "L2 weight of the projection E (lambda_E)",
+         "graphs": "graphs (authors' code / paper)"}
 LOG_AXES = {"msi_weight", "l2", "projection_l2"}  # fields whose values span orders of magnitude
 
 
@@ -163,7 +164,9 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
 
     (field,) = analysis.x
     t = table.sort_values(field)
-    xs, mean, std = t[field].to_numpy(float), t[f"{m} mean"].to_numpy(float), t[f"{m} std"].to_numpy(float)
+    categories = not pd.api.types.is_numeric_dtype(t[field])  # e.g. a search over named variants
+    xs = np.arange(len(t), dtype=float) if categories else t[field].to_numpy(float)
+    mean, std = t[f"{m} mean"].to_numpy(float), t[f"{m} std"].to_numpy(float)
     color = sns.color_palette()[0]
     ax.plot(xs, mean, "o-", color=color, label="validation-selected (mean)")
     ax.fill_between(xs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=color, alpha=0.2,
@@ -172,14 +175,15 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
     if np.isfinite(late).any():
         ax.plot(xs, late, "s--", color=sns.color_palette()[2], ms=4, label="mean over epochs >= 20")
     if not runs.empty:
-        ax.scatter(runs[field], runs[m], color="0.15", s=10, zorder=3, label="one seed")
-    if field in LOG_AXES:
+        at = runs[field].map(dict(zip(t[field], xs))) if categories else runs[field]
+        ax.scatter(at, runs[m], color="0.15", s=10, zorder=3, label="one seed")
+    if field in LOG_AXES and not categories:
         ax.set_xscale("log")
         ax.set_xlim(xs.min() / 1.5, xs.max() * 1.5)
     else:
         pad = 0.05 * (xs.max() - xs.min() or 1)
         ax.set_xlim(xs.min() - pad, xs.max() + pad)
-    ax.set_xticks(xs, _spaced_labels(xs, log=field in LOG_AXES))
+    ax.set_xticks(xs, list(t[field]) if categories else _spaced_labels(xs, log=field in LOG_AXES))
     ax.minorticks_off()
     if not np.isfinite(mean).any():
         ax.text(0.5, 0.5, "no runs stored yet", transform=ax.transAxes, ha="center", color="0.4")
@@ -275,8 +279,9 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
                                              name="mean over epochs >= 20", legendgroup="late", showlegend=show,
                                              line=dict(color=palette[2], dash="dash")), 1, col)
                 x_runs = runs[field] if not runs.empty else []
-                fig.update_xaxes(title_text=NAMES.get(field, field), type="log" if field in LOG_AXES else "linear",
-                                 row=1, col=col)
+                kind = ("category" if not pd.api.types.is_numeric_dtype(t[field])
+                        else "log" if field in LOG_AXES else "linear")
+                fig.update_xaxes(title_text=NAMES.get(field, field), type=kind, row=1, col=col)
             else:
                 fig.add_trace(go.Bar(x=table["label"], y=table[f"{m} mean"], name="this toolkit (mean +- std)",
                                      legendgroup="ours", showlegend=show, marker_color=palette[0],
