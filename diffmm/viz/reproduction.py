@@ -168,12 +168,17 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
     xs = np.arange(len(t), dtype=float) if categories else t[field].to_numpy(float)
     mean, std = t[f"{m} mean"].to_numpy(float), t[f"{m} std"].to_numpy(float)
     color = sns.color_palette()[0]
-    ax.plot(xs, mean, "o-", color=color, label="validation-selected (mean)")
-    ax.fill_between(xs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=color, alpha=0.2,
-                    label="+- std over seeds")
+    if categories:  # named variants: points with error bars, no line between them
+        ax.errorbar(xs, mean, yerr=np.nan_to_num(std), fmt="o", color=color, capsize=4,
+                    label="validation-selected (mean +- std over seeds)")
+    else:
+        ax.plot(xs, mean, "o-", color=color, label="validation-selected (mean)")
+        ax.fill_between(xs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=color, alpha=0.2,
+                        label="+- std over seeds")
     late = t[f"late {m} mean"].to_numpy(float)
     if np.isfinite(late).any():
-        ax.plot(xs, late, "s--", color=sns.color_palette()[2], ms=4, label="mean over epochs >= 20")
+        ax.plot(xs, late, "s", ls="none" if categories else "--", color=sns.color_palette()[2], ms=4,
+                label="mean over epochs >= 20")
     if not runs.empty:
         at = runs[field].map(dict(zip(t[field], xs))) if categories else runs[field]
         ax.scatter(at, runs[m], color="0.15", s=10, zorder=3, label="one seed")
@@ -181,7 +186,7 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
         ax.set_xscale("log")
         ax.set_xlim(xs.min() / 1.5, xs.max() * 1.5)
     else:
-        pad = 0.05 * (xs.max() - xs.min() or 1)
+        pad = 0.5 if categories else 0.05 * (xs.max() - xs.min() or 1)
         ax.set_xlim(xs.min() - pad, xs.max() + pad)
     ax.set_xticks(xs, list(t[field]) if categories else _spaced_labels(xs, log=field in LOG_AXES))
     ax.minorticks_off()
