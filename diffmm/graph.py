@@ -1,4 +1,5 @@
-"""Graphs: the normalised bipartite adjacency, sparse products with autograd, top-k graphs, edge dropout.
+"""Graphs: the normalised bipartite adjacency, sparse products with autograd, top-k graphs, edge dropout,
+and the item-item kNN graphs LATTICE learns.
 
 Every adjacency is a (n_users + n_items)^2 sparse matrix in CSR layout, the layout torch
 multiplies fastest on CPU. :class:`Adjacency` keeps the matrix and its transpose so the
@@ -12,6 +13,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch.nn import functional as F
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled")
@@ -195,3 +197,54 @@ class SparseRows:
         counts, _, position = self._positions(rows)
         crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
         return torch.sparse_csr_tensor(crow, self.indices[position], self.values[position], size=(len(rows), self.shape[1]))
+
+
+# ------------------------------------------------------- item-item kNN graphs (LATTICE)
+def knn_graph(features: torch.Tensor, k: int, chunk_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item's k most cosine-similar items (itself included) and those similarities, (n, k) each.
+
+    LATTICE Sec. 3.1.1: S_ij = e_i.e_j / (||e_i|| ||e_j||), then kNN sparsification (keep the
+    top-k of each row). Rows go ``chunk_rows`` at a time: a (chunk_rows, n) similarity block is
+    made, its top-k kept and the block dropped. When ``features`` requires grad, the kept
+    similarities are recomputed as row-wise dot products, so they carry the gradient (as top-k
+    values do) without any (chunk, n) block in the backward pass.
+    """
+    n = features.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"kNN graph: k must be in [1, n_items = {n}], got {k}")
+    unit = F.normalize(features, dim=1)  # (n, d): e_i / ||e_i||
+    with torch.no_grad():
+        blocks = [(unit[start:start + chunk_rows] @ unit.T).topk(k, dim=1) for start in range(0, n, chunk_rows)]
+    neighbours = torch.cat([b.indices for b in blocks])  # (n, k)
+    similarity = torch.cat([b.values for b in blocks])  # (n, k)
+    if unit.requires_grad:
+        similarity = torch.einsum("nd,nkd->nk", unit, unit[neighbours])  # the same S_ij, differentiable
+    return neighbours, similarity
+
+
+def normalize_knn(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 S D^-1/2 of a kNN graph, D_ii = sum_j S_ij (LATTICE Sec. 3.1.1, normalisation).
+
+    Returns the (n, k) normalised weights; a row whose degree is not positive becomes zero.
+    """
+    degree = weights.sum(1)  # (n,)
+    inv_sqrt = degree.clamp_min(1e-12).rsqrt() * (degree > 0)
+    return weights * inv_sqrt.unsqueeze(1) * inv_sqrt[neighbours]
+
+
+def knn_propagate(neighbours: torch.Tensor, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A @ x for the kNN graph A whose row i has ``weights[i]`` at columns ``neighbours[i]``.
+
+    Differentiable in both ``weights`` and ``x``; memory O(n k d), never O(n^2).
+    """
+    return torch.einsum("nk,nkd->nd", weights, x[neighbours])
+
+
+def knn_csr(neighbours: torch.Tensor, weights: torch.Tensor) -> sp.csr_matrix:
+    """A kNN graph, fixed, as an (n, n) scipy CSR matrix (for :class:`Adjacency`: fast ``A @ X``); a
+    column named twice in a row holds the sum of its weights."""
+    n, k = neighbours.shape
+    data, columns = (np.array(t.detach().cpu().numpy().ravel()) for t in (weights, neighbours))  # copies: sorted below
+    matrix = sp.csr_matrix((data, columns, np.arange(0, n * k + 1, k)), shape=(n, n))
+    matrix.sum_duplicates()
+    return matrix

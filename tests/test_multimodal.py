@@ -12,7 +12,8 @@ from diffmm.config import BM3Config, LATTICEConfig, LightGCNMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
 from diffmm.data.synthetic import make_synthetic
 from diffmm.models import MODELS, build_model
-from diffmm.models.multimodal import BM3, LATTICE, VBPR, LightGCNM, knn_graph, normalize_knn
+from diffmm.graph import knn_graph, normalize_knn
+from diffmm.models.multimodal import BM3, LATTICE, VBPR, LightGCNM
 from diffmm.train import Trainer
 from test_memory import LargestTensor, sparse_dataset
 
