@@ -212,9 +212,9 @@ def test_the_key_ignores_runtime_settings_only():
 
 @pytest.mark.parametrize("model, field", [(m, f) for m, fields in LEGACY_VALUES.items() for f in fields])
 def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path, model, field):
-    """A setting whose default changed (BM3's and LATTICE's features became fine-tuned; LATTICE's graphs took
-    its authors' code's form): a record written before, without the field, ran with the old value, and is
-    found under that config's key, not the new default's."""
+    """A setting whose default changed (BM3's and LATTICE's features became fine-tuned): a record written
+    before, without the field, ran with the old value, and is found under that config's key, not the new
+    default's."""
     config = build_run_config(model)  # the defaults of today's code
     value = LEGACY_VALUES[model][field]
     assert getattr(config.model_config, field) != value

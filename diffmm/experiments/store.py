@@ -42,8 +42,8 @@ HISTORY_METRICS = ("recall@20", "ndcg@20", "precision@20", "hit@20")
 RECORD_VERSION = 1
 # Config fields added after records were written, whose default is not what the older records ran with:
 # a record without the field is read with this value, so its key (and what it says it trained) stays its own
-# (BM3 and LATTICE trained fixed features until 2026-12-01; LATTICE's graphs took the paper's form until 2026-12-02)
-LEGACY_VALUES = {"bm3": {"fine_tune_features": False}, "lattice": {"fine_tune_features": False, "graphs": "paper"}}
+# (BM3 and LATTICE trained fixed features until 2026-12-01)
+LEGACY_VALUES = {"bm3": {"fine_tune_features": False}, "lattice": {"fine_tune_features": False}}
 
 
 def normalized(config: RunConfig) -> dict:

@@ -173,11 +173,12 @@ class LATTICE(Recommender):
     L2 is on the batch's final embeddings; Xavier-uniform ids; 2 user-item layers; projected
     size 64; the raw features are fine-tuned (``fine_tune_features``): they get a gradient through
     the learned graphs, at the step that rebuilds them, while S~^m stays the graph of the features
-    the model started from. With ``graphs='code'`` (the default), also that code's graphs: the
-    modalities' learned kNN graphs are alpha-mixed and the mix normalised once,
+    the model started from. ``graphs='paper'`` (the default) builds the graphs as steps 1-5 above,
+    on LightGCN's D^-1/2 A D^-1/2; ``graphs='code'`` as that code does: the modalities' learned kNN
+    graphs are alpha-mixed and the mix normalised once,
     A = lambda sum_m alpha_m S~^m + (1 - lambda) Norm(sum_m alpha_m S^m_learned), and the user-item
-    graph is D^-1 (A + I); ``graphs='paper'`` normalises each learned graph before the mix, as in
-    steps 2-4 above, on LightGCN's D^-1/2 A D^-1/2. Left out: that code's learning-rate decay
+    graph is D^-1 (A + I). Chosen on validation, the paper's form is clearly ahead on TikTok and
+    ml100k (``reproduce --only search_lattice_graphs``). Left out: that code's learning-rate decay
     (x0.96 every 50 epochs).
 
     Args:
