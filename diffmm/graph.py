@@ -31,13 +31,18 @@ def bipartite(interactions: sp.spmatrix, self_loops: bool = False) -> sp.csr_mat
     return full
 
 
+def _degree_power(adjacency: sp.csr_matrix, power: float) -> sp.dia_matrix:
+    """diag(D_ii^power) of the row sums; rows with zero degree get 0."""
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    scale = np.zeros_like(degree, dtype=np.float64)
+    scale[degree > 0] = degree[degree > 0] ** power
+    return sp.diags(scale)
+
+
 def sym_normalize(adjacency: sp.spmatrix) -> sp.csr_matrix:
     """D^{-1/2} A D^{-1/2}; rows with zero degree stay zero (Eq. 16's 1/sqrt(|N_u||N_i|))."""
     adjacency = sp.csr_matrix(adjacency)
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(degree, dtype=np.float64)
-    inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
-    d = sp.diags(inv_sqrt)
+    d = _degree_power(adjacency, -0.5)
     out = (d @ adjacency @ d).tocsr().astype(np.float32)
     out.sort_indices()
     return out
@@ -46,10 +51,7 @@ def sym_normalize(adjacency: sp.spmatrix) -> sp.csr_matrix:
 def row_normalize(adjacency: sp.spmatrix) -> sp.csr_matrix:
     """D^{-1} A: each row sums to one; rows with zero degree stay zero."""
     adjacency = sp.csr_matrix(adjacency)
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inv = np.zeros_like(degree, dtype=np.float64)
-    inv[degree > 0] = 1 / degree[degree > 0]
-    out = (sp.diags(inv) @ adjacency).tocsr().astype(np.float32)
+    out = (_degree_power(adjacency, -1.0) @ adjacency).tocsr().astype(np.float32)
     out.sort_indices()
     return out
 

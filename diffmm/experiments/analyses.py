@@ -180,7 +180,10 @@ def ablation(dataset: str, paper: dict | None = None) -> Analysis:
 
 
 def value_label(value: Any) -> str:
-    """How a setting's value reads in labels and sentences: numbers compactly (1e-05, 0.5), others as text."""
+    """How a setting's value reads in labels and sentences: numbers compactly (1e-05, 0.5), others as text,
+    'none' for an optional setting left unset (e.g. first_beta)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "none"
     numeric = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     return f"{value:g}" if numeric else str(value)
 

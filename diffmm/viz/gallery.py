@@ -117,23 +117,25 @@ EXPLAIN = {
 BASELINES_TUNED = {"tiktok": "our baselines are tuned on validation (MF-BPR here is twice the paper's)"}
 
 
-def verdict(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], metric: str = "recall@20") -> str:
-    """Whether the stored runs agree with the paper's claim: 'Yes', 'Partly', 'No' or 'Not settled' (a
-    difference within two seed std), with the numbers that decide it; '' where the claim is not testable."""
+def verdict(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict],
+            metric: str = "recall@20") -> tuple[str, str]:
+    """Whether the stored runs agree with the paper's claim: the status ('Yes', 'Partly', 'No', 'Not settled'
+    (a difference within two seed std) or 'Not yet') and a sentence with the numbers that decide it;
+    ('', '') where the claim is not testable."""
     check = _CHECKS.get(analysis.name)
     if check is None or runs.empty:
-        return ""
+        return "", ""
     points = point_table(analysis, runs)
     table = points[points["model"].notna()]
     if (table["seeds"] == 0).any():
-        return f"Not yet: {int((table['seeds'] > 0).sum())} of {len(table)} points have runs."
+        return "Not yet", f"Not yet: {int((table['seeds'] > 0).sum())} of {len(table)} points have runs."
     m = f"{metric} mean"
     noise = seed_std(points, metric)
     if analysis.kind == "groups":
         groups = group_table(analysis, runs, records, EQUAL_GROUPS)
         noise = float(groups[f"{metric} std"].median())
     if not np.isfinite(noise):
-        return "Not settled: one seed per point so far."
+        return "Not settled", "Not settled: one seed per point so far."
     status, text = check(analysis, table, m, 2 * noise, runs, records)
     planned = sum(len(p.seeds or analysis.seeds) for p in analysis.points)
     so_far = f" (so far: {len(runs)} of {planned} runs)" if len(runs) < planned else ""
@@ -141,7 +143,7 @@ def verdict(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
     if explain and analysis.dataset in BASELINES_TUNED and any(p.model != "diffmm" for p in analysis.points):
         explain += f"; {BASELINES_TUNED[analysis.dataset]}"
     why = f" What we think explains it: {explain}." if explain else ""
-    return f"{status}{so_far}: {text} (two seed std: {2 * noise:.4f}).{why}"
+    return status, f"{status}{so_far}: {text} (two seed std: {2 * noise:.4f}).{why}"
 
 
 def _leads(analysis, table, m, bar, runs, records):
@@ -299,10 +301,9 @@ def gallery_markdown(analyses: Sequence[Analysis], records: dict[str, dict]) -> 
             runs = run_frame(analysis, records)
             planned = sum(len(p.seeds or analysis.seeds) for p in analysis.points)
             stem = f"{dataset}/{analysis.name}"
-            agrees = verdict(analysis, runs, records)
-            if analysis.claim:  # the verdict's first word: 'Yes', 'Partly', 'No', 'Not settled', 'Not yet'
-                status = re.split(r"[:(]", agrees)[0].strip() if agrees else "not testable"
-                glance.append((analysis, len(body), f"{len(runs)} of {planned}", status))
+            status, agrees = verdict(analysis, runs, records)
+            if analysis.claim:
+                glance.append((analysis, len(body), f"{len(runs)} of {planned}", status or "not testable"))
             body += [f"### {analysis.title}", "",
                      f"![{analysis.title}]({stem}.png)", "",
                      f"[interactive]({stem}.html) · [pdf]({stem}.pdf) · [csv]({stem}.csv) · "

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from diffmm.data.card import DEFAULT_BINS, activity_groups, group_edges
+from diffmm.experiments.analyses import value_label
 
 
 # ------------------------------------------------------------------------- saving
@@ -149,18 +150,13 @@ def hyperparameter_figure(results: pd.DataFrame, param: str, metrics: Sequence[s
     """
     if param not in results.columns:
         raise ValueError(f"no column '{param}' in the results; columns: {list(results.columns)}")
-    def label(v) -> str:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return "none"  # an optional field left unset (e.g. first_beta)
-        return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)
-
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
     # one category order for every line: the sorted union of all values (else plotly orders by first appearance)
-    order = [label(v) for v in results[param].drop_duplicates().sort_values(na_position="last")]
+    order = [value_label(v) for v in results[param].drop_duplicates().sort_values(na_position="last")]
     groups = results.groupby(by, sort=False) if by else [(None, results)]
     for g, (name, part) in enumerate(groups):
         part = part.sort_values(param, na_position="last")
-        x = [label(v) for v in part[param]]
+        x = [value_label(v) for v in part[param]]
         for j, metric in enumerate(metrics):
             column = _metric_column(part, metric, split)
             std = part.get(f"{column}_std")  # error bars when the table carries a spread (e.g. over seeds)
