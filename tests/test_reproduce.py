@@ -15,7 +15,7 @@ from diffmm.cli import main as cli
 from diffmm.experiments import analyses as declared
 from diffmm.experiments import reproduce, tables
 from diffmm.experiments.runs import build_run_config
-from diffmm.experiments.store import LEGACY_VALUES, RecordError, load_records, read_record, run_key
+from diffmm.experiments.store import LEGACY_VALUES, RecordError, compact, load_records, read_record, run_key
 from diffmm.train import Callback
 from diffmm.viz.gallery import _anchors, gallery_markdown
 
@@ -285,6 +285,18 @@ def test_each_analysis_trains_its_cheapest_runs_first(monkeypatch):
     order = [(analyses.index(declared.ANALYSES[j.analyses[0]]), j.cost_s) for j in missing]
     assert order == sorted(order) and order[0] == (0, 1.0) and order[-1] == (1, 100.0)
     assert [j.config.model for j in missing].index("diffmm") > [j.config.model for j in missing].index("vbpr")
+
+
+@pytest.mark.parametrize("store", ["quick", "committed"])
+def test_records_keep_seven_significant_digits(full, store):
+    """The bulk of a record (history, per-activity sums) is stored rounded, new records and committed ones."""
+    root = full / "store" if store == "quick" else Path(__file__).resolve().parents[1] / "figures" / "results"
+    records = list(load_records(root).values())
+    assert records
+    for record in records:
+        for field in ("history", "by_n_train"):
+            assert compact(record[field]) == record[field], f"{record['key']}: {field} is not compact"
+    assert compact([0.123456789, 1234567.89, float("nan"), 3, "x"]) == [0.1234568, 1234568.0, None, 3, "x"]
 
 
 def test_searched_settings_are_the_ones_the_protocols_use():

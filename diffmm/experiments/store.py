@@ -5,7 +5,8 @@ the data fingerprint, the code version, seed, device, wall time, peak memory (ho
 device's; records from 2026-12-01 on), the validation-selected test
 metrics, the optimistic (best-test-epoch) ones, the late-epoch mean, the per-epoch history and the
 test metrics summed per number of training interactions (any activity grouping of the sparsity
-figure is a sum over those rows). Layout::
+figure is a sum over those rows; these two, the bulk of a record, are rounded to :data:`STORED_DIGITS`
+significant digits). Layout::
 
     figures/results/<dataset>/<model>-<key>.json
 
@@ -40,6 +41,9 @@ RUNTIME_SETTINGS = ("device", "threads", "progress", "eval_batch_size")
 LATE_FROM = 20  # the late-epoch mean averages test metrics over epochs >= this
 HISTORY_METRICS = ("recall@20", "ndcg@20", "precision@20", "hit@20")
 RECORD_VERSION = 1
+# significant digits kept of the per-epoch history and the per-activity sums (float32 carries ~7): the bulk of
+# a record, half its size at full float64 repr, with no figure or table moving in the digits it prints
+STORED_DIGITS = 7
 # Config fields added after records were written, whose default is not what the older records ran with:
 # a record without the field is read with this value, so its key (and what it says it trained) stays its own
 # (BM3 and LATTICE trained fixed features until 2026-12-01)
@@ -100,10 +104,16 @@ def code_version() -> dict:
     return version
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: None instead (history cells of epochs without evaluation)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
+def compact(value: Any) -> Any:
+    """``value`` with every float rounded to :data:`STORED_DIGITS` significant digits (lists and dicts
+    recursively); JSON has no NaN, so a non-finite float becomes None (history cells of epochs without
+    evaluation)."""
+    if isinstance(value, float):
+        return float(f"{value:.{STORED_DIGITS}g}") if np.isfinite(value) else None
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
     return value
 
 
@@ -149,8 +159,8 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int) -
         "valid": result.valid, "test": result.test,
         "optimistic_test": result.optimistic_test, "optimistic_epoch": result.optimistic_epoch,
         "late_mean": {"from_epoch": LATE_FROM, **late_mean},
-        "history": {c: [_finite(v) for v in history[c].tolist()] for c in keep},
-        "by_n_train": by_activity(result.test_result.per_user, metrics),
+        "history": compact({c: history[c].tolist() for c in keep}),
+        "by_n_train": compact(by_activity(result.test_result.per_user, metrics)),
     }
 
 
