@@ -327,6 +327,9 @@ def test_a_malformed_record_names_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(RecordError, match="diffmm-000000000000.json"):
         load_records(tmp_path)
+    bad.write_text("[" * 100_000 + "]" * 100_000)  # nesting deeper than the parser's recursion limit
+    with pytest.raises(RecordError, match="diffmm-000000000000.json: not a readable JSON"):
+        read_record(bad)
     bad.write_text(json.dumps({"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": "421"}))
     with pytest.raises(RecordError, match="field 'seed' should be int"):
         read_record(bad)

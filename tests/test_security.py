@@ -93,6 +93,22 @@ def _train(out, *extra):
                  "--out", str(out), *extra])
 
 
+@pytest.mark.parametrize("text, message", [
+    (None, "no finished run there"),
+    ("{not json", "not readable JSON"),
+    ("[" * 100_000 + "]" * 100_000, "not readable JSON"),  # deeper than the parser's recursion limit
+    ("[1, 2]", "expected a JSON object, found list"),
+])
+def test_a_run_file_that_is_not_a_json_object_is_named(tmp_path, text, message):
+    from diffmm.experiments.runs import read_json
+
+    path = tmp_path / "metrics.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises((ValueError, FileNotFoundError), match=f"metrics.json: {message}"):
+        read_json(path)
+
+
 def test_a_second_writer_is_refused_and_the_first_run_is_intact(tmp_path, capsys):
     from diffmm.utils import exclusive_directory
 

@@ -238,7 +238,7 @@ def read_json(path: Path) -> dict:
         value = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no finished run there (the run writes it at the end)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # nesting too deep
         raise ValueError(f"{path}: not readable JSON ({error})") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")

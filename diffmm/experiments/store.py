@@ -177,7 +177,7 @@ def read_record(path: str | Path) -> dict:
     path = Path(path)
     try:
         record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # nesting too deep
         raise RecordError(f"{path}: not a readable JSON results record ({error})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{path}: expected a JSON object, found {type(record).__name__}")
