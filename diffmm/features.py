@@ -129,7 +129,12 @@ def sentence_embeddings(texts: Sequence[str], model: str = "all-MiniLM-L6-v2", b
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     file = _cache_file(cache, model, texts) if cache is not None else None
     if file is not None and file.exists():
-        return np.load(file)
+        try:  # data only (no pickles); a damaged or foreign file is recomputed and replaced
+            cached = np.load(file, allow_pickle=False)
+            if cached.ndim == 2 and len(cached) == len(texts) and cached.dtype == np.float32:
+                return cached
+        except (OSError, ValueError, EOFError):
+            pass
     if encoder is None:
         sentence_model = _load_sentence_model(model, str(device))
 

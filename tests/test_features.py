@@ -76,6 +76,24 @@ class FakeEncoder:
         return np.array([[len(t), 2.0, 1.0] for t in batch])
 
 
+@pytest.mark.parametrize("damage", ["garbage", "pickled", "wrong shape"])
+def test_a_damaged_embedding_cache_is_recomputed_not_trusted(tmp_path, damage):
+    texts = ["a", "bb", "ccc"]
+    encoder = FakeEncoder()
+    out = sentence_embeddings(texts, cache=tmp_path, progress=False, encoder=encoder)
+    (file,) = tmp_path.iterdir()
+    if damage == "garbage":
+        file.write_bytes(b"not an npy file")
+    elif damage == "pickled":  # an object array: loading it would unpickle
+        np.save(file, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        np.save(file, np.zeros((2, 3), np.float32))
+    again = sentence_embeddings(texts, cache=tmp_path, progress=False, encoder=encoder)
+    np.testing.assert_array_equal(again, out)
+    assert len(encoder.batches) == 2  # computed again, and the file replaced
+    np.testing.assert_array_equal(np.load(file, allow_pickle=False), out)
+
+
 def test_sentence_embeddings_batches_normalises_and_caches(tmp_path):
     texts = ["a", "bb", "ccc", "dddd", "eeeee"]
     encoder = FakeEncoder()
