@@ -277,14 +277,18 @@ def test_shared_points_are_declared_once():
     assert sum(j.config.model == "diffmm" for j in missing) == 54
 
 
-def test_each_analysis_trains_its_cheapest_runs_first(monkeypatch):
+def test_each_analysis_trains_a_seed_of_every_point_first_the_cheapest_first(monkeypatch):
     cost = {"popularity": 1.0, "mf": 2.0, "lightgcn": 5.0, "diffmm": 100.0}
     monkeypatch.setattr(reproduce, "cost_s", lambda dataset, model, records: cost.get(model, 10.0))
     analyses = declared.select("tiktok/table2_comparison,tiktok/table3_ablation")
     _, missing = reproduce.plan(analyses, store="/nonexistent")
-    order = [(analyses.index(declared.ANALYSES[j.analyses[0]]), j.cost_s) for j in missing]
-    assert order == sorted(order) and order[0] == (0, 1.0) and order[-1] == (1, 100.0)
+    order = [(analyses.index(declared.ANALYSES[j.analyses[0]]), j.seed_pass, j.cost_s) for j in missing]
+    assert order == sorted(order) and order[0] == (0, 0, 1.0) and order[-1] == (1, 2, 100.0)
     assert [j.config.model for j in missing].index("diffmm") > [j.config.model for j in missing].index("vbpr")
+    # every point's first seed comes before any point's second: the whole table shows after one pass
+    seeds = [j.config.train.seed for j in missing if j.analyses[0] == "tiktok/table2_comparison"]
+    first_pass = len({p.label for p in declared.ANALYSES["tiktok/table2_comparison"].points})
+    assert set(seeds[:first_pass]) == {declared.SEEDS3[0]} and declared.SEEDS3[0] not in seeds[first_pass:]
 
 
 @pytest.mark.parametrize("store", ["quick", "committed"])

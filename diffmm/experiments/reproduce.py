@@ -55,6 +55,7 @@ class Job:
     key: str
     analyses: list[str]
     cost_s: float = 0.0  # estimated CPU core-seconds
+    seed_pass: int = 0  # the seed's place in its point's seeds (first analysis declaring it): 0 for the first seed
 
     @property
     def name(self) -> str:
@@ -71,11 +72,12 @@ def plan(analyses: Sequence[Analysis], store: str | Path = STORE) -> tuple[pd.Da
     rows = []
     for analysis in analyses:
         keys = []
-        for _, _, config in analysis.runs():
+        for point, seed, config in analysis.runs():
             key = run_key(analysis.dataset, config)
             keys.append(key)
             if key not in records:
-                job = jobs.setdefault(key, Job(analysis.dataset, config, key, []))
+                seed_pass = (point.seeds or analysis.seeds).index(seed)
+                job = jobs.setdefault(key, Job(analysis.dataset, config, key, [], seed_pass=seed_pass))
                 job.analyses.append(analysis.id)
         unique = set(keys)
         rows.append({"analysis": analysis.id, "runs": len(unique), "done": len(unique & set(records)),
@@ -83,9 +85,10 @@ def plan(analyses: Sequence[Analysis], store: str | Path = STORE) -> tuple[pd.Da
     for job in jobs.values():
         job.cost_s = cost_s(job.dataset, job.config.model, records.values())
     table = pd.DataFrame(rows, columns=["analysis", "runs", "done", "missing"])
-    # analyses in declaration order; within one, the cheapest runs first, so its table fills in soonest
+    # analyses in declaration order; within one, every point's first seed before any point's second (the whole
+    # curve or table shows soonest), and within a seed's pass the cheapest runs first
     first = {a.id: i for i, a in enumerate(analyses)}
-    return table, sorted(jobs.values(), key=lambda j: (first[j.analyses[0]], j.cost_s))
+    return table, sorted(jobs.values(), key=lambda j: (first[j.analyses[0]], j.seed_pass, j.cost_s))
 
 
 def cost_s(dataset: str, model: str, records) -> float:
