@@ -73,6 +73,8 @@ def evaluate(
         raise ValueError(f"split must be 'valid' or 'test', got '{split}'")
     device = torch.device(device)
     ks = sorted(int(k) for k in ks)
+    if not ks or ks[0] < 1 or len(set(ks)) < len(ks):
+        raise ValueError(f"ks must be distinct positive cut-offs, got {tuple(ks)}")
     kmax = min(max(ks), dataset.n_items)
     held_out = dataset.split(split)
     seen = SparseRows(dataset.train if split == "valid" else dataset.train + dataset.valid, device)
@@ -98,7 +100,8 @@ def evaluate(
             top_val, top_idx = torch.topk(scores, kmax, dim=1)  # (B, kmax)
             query = batch_t[:, None] * dataset.n_items + top_idx  # (B, kmax)
             found = torch.searchsorted(keys, query).clamp(max=len(keys) - 1)
-            hits = (keys[found] == query).double()  # (B, kmax)
+            # a masked item is no recommendation: picked only when a user has fewer unseen items than kmax
+            hits = ((keys[found] == query) & (top_val > -torch.inf)).double()  # (B, kmax)
             n_true = torch.from_numpy(n_held[batch]).to(device).double()  # (B,)
             cum_hits = torch.cumsum(hits, 1)[:, k_index]  # (B, len(ks))
             dcg = torch.cumsum(hits * discounts, 1)[:, k_index]

@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implici
 
 def bipartite(interactions: sp.spmatrix, self_loops: bool = False) -> sp.csr_matrix:
     """[[0, R], [R^T, 0]] (+ I), binary, shape (U + I, U + I)."""
-    r = sp.csr_matrix(interactions, dtype=np.float32)
+    r = sp.csr_matrix(interactions, dtype=np.float32, copy=True)  # the caller's matrix is left as it is
     r.data[:] = 1.0
     n_users, n_items = r.shape
     full = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)

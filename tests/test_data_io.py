@@ -244,6 +244,13 @@ def test_train_test_overlap_warns_with_count(small):
         from_dataframe(pd.concat([df, train]), item_features=small.item_features)
 
 
+def test_valid_test_overlap_warns_with_count(small):
+    df = to_dataframe(small)
+    twice = df[df["split"] == "valid"].head(2).assign(split="test")
+    with pytest.warns(UserWarning, match=r"2 \(user, item\) pairs are in both valid and test"):
+        from_dataframe(pd.concat([df, twice]), item_features=small.item_features)
+
+
 def test_mmrec_bad_columns_and_values(small, tmp_path):
     write_mmrec(small, tmp_path, name="toy")
     file = tmp_path / "toy.inter"

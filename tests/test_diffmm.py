@@ -20,7 +20,7 @@ from torch import nn
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
 from diffmm.data.synthetic import make_synthetic
-from diffmm.graph import Adjacency, SparseRows, edge_dropout
+from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout
 from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.models.diffmm import DiffMM
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext
@@ -269,6 +269,13 @@ def test_loss_is_eq26(tiny):
     cl = sum(nce(h[:3], v[:3], users.numpy()) + nce(h[3:], v[3:], pos.numpy()) for v in views.values())
     assert float(losses["cl"]) == pytest.approx(cl, rel=1e-5)
     assert float(losses["loss"]) == pytest.approx(bpr + 0.01 * reg + 0.5 * cl, rel=1e-5)  # Eq. 26
+
+
+def test_bipartite_is_binary_and_leaves_a_weighted_input_as_it_is():
+    weighted = sp.csr_matrix(np.array([[0, 2], [3, 0]], dtype=np.float32))
+    full = bipartite(weighted).toarray()
+    np.testing.assert_array_equal(full, [[0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(weighted.data, [2, 3])
 
 
 def test_adjacency_sparse_equals_dense_with_gradient():

@@ -65,6 +65,14 @@ def test_linear_schedule_matches_eq3(steps, scale, gmin, gmax):
         assert 1.0 - bars[t - 1] == pytest.approx(expected, rel=1e-10, abs=1e-15)
 
 
+@pytest.mark.parametrize("values", [{"noise_scale": 0}, {"noise_min": 0.02, "noise_max": 0.02}, {"noise_max": 1.0}])
+def test_a_schedule_without_noise_at_some_step_is_refused_by_the_config(values):
+    from diffmm.config import DiffMMConfig
+
+    with pytest.raises(ValueError, match="Eq. 3"):
+        DiffMMConfig(**values)
+
+
 def test_linear_schedule_first_beta_only_changes_beta_1():
     exact = linear_schedule(5, 0.1, 1e-4, 0.02, first_beta=None)
     fixed = linear_schedule(5, 0.1, 1e-4, 0.02, first_beta=1e-4)

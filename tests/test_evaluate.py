@@ -119,3 +119,19 @@ def test_matches_a_naive_per_user_implementation():
         expected["ndcg@5"].append(dcg / sum(1 / math.log2(i + 2) for i in range(min(len(truth), 5))))
     for name, values in expected.items():
         assert r[name] == pytest.approx(np.mean(values)), name
+
+
+@pytest.mark.parametrize("ks", [(0, 5), (-1,), (5, 5), ()])
+def test_cut_offs_must_be_distinct_and_positive(ks):
+    data = make([[0]], [[]], [[1]], 4)
+    with pytest.raises(ValueError, match="ks must be distinct positive cut-offs"):
+        evaluate(fixed_scores([[0, 1, 0, 0]]), data, "test", ks=ks)
+
+
+def test_a_masked_item_picked_for_lack_of_others_is_no_hit():
+    # user 0 has 2 unseen items (2, 3); at K = 4 the top-K must also take the masked items 0 and 1, and the
+    # test item 1, also trained on, must not count as a hit
+    with pytest.warns(UserWarning, match="both train and test"):
+        data = make([[0, 1]], [[]], [[1, 2]], 4)
+    result = evaluate(fixed_scores([[9, 8, 7, 6]]), data, "test", ks=(4,))
+    assert result["recall@4"] == pytest.approx(0.5) and result["precision@4"] == pytest.approx(0.25)

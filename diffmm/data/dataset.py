@@ -122,10 +122,11 @@ class RecDataset:
                                 (self.item_names, self.n_items, "item_names")):
             if names is not None and len(names) != n:
                 raise DataError(self.source, label, f"{n} names", f"{len(names)}")
-        for split in ("valid", "test"):
-            overlap = self.train.multiply(self.split(split)).nnz
+        # a pair held out twice, or also trained on, is masked where it is evaluated: it can never be a hit
+        for (a, b) in (("train", "valid"), ("train", "test"), ("valid", "test")):
+            overlap = self.split(a).multiply(self.split(b)).nnz
             if overlap:
-                warnings.warn(f"{self.source}: {overlap} (user, item) pairs are in both train and {split}",
+                warnings.warn(f"{self.source}: {overlap} (user, item) pairs are in both {a} and {b}",
                               stacklevel=2)
 
     # ---------------------------------------------------------------- summary
