@@ -254,7 +254,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         best_test_result = None
-        stop = False
+        stop = self._patience_exhausted()  # a run resumed after it stopped early trains no further epoch
         while self.model.trainable and self.epoch < cfg.epochs and not stop:
             self.epoch += 1
             record = {"epoch": self.epoch, **self.train_epoch()}

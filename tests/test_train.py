@@ -63,6 +63,16 @@ def test_early_stopping_and_callbacks(data):
     assert res.epochs_run - res.best_epoch == 2
 
 
+def test_a_run_resumed_after_it_stopped_early_trains_no_further_epoch(data, tmp_path):
+    cfg = TrainConfig(epochs=200, patience=2, lr=0.05, progress=False, batch_size=256, seed=7, device="cpu")
+    seed_everything(7)
+    first = Trainer(build_model("mf", data), data, cfg, out_dir=tmp_path).fit()
+    assert first.epochs_run < 200
+    again = Trainer(build_model("mf", data), data, cfg, out_dir=tmp_path, resume=True).fit()
+    assert again.epochs_run == first.epochs_run and again.best_epoch == first.best_epoch
+    assert again.test == first.test
+
+
 def test_resume_continues_exactly(data, tmp_path):
     cfg = TrainConfig(epochs=4, progress=False, batch_size=256, seed=3, device="cpu")
     seed_everything(3)
