@@ -15,7 +15,7 @@ from diffmm.cli import main as cli
 from diffmm.experiments import analyses as declared
 from diffmm.experiments import reproduce, tables
 from diffmm.experiments.runs import build_run_config
-from diffmm.experiments.store import LEGACY_VALUES, RecordError, compact, load_records, read_record, run_key
+from diffmm.experiments.store import LEGACY_VALUES, RecordError, compact, load_records, read_record, run_key, write_record
 from diffmm.train import Callback
 from diffmm.viz.gallery import _anchors, gallery_markdown
 
@@ -384,9 +384,34 @@ def test_a_run_another_sweep_finished_after_planning_is_not_trained_again(tmp_pa
     def no_training(*args, **kwargs):
         raise AssertionError("a run already in the store was trained again")
 
-    monkeypatch.setattr("diffmm.experiments.runs.run", no_training)
+    monkeypatch.setattr("diffmm.experiments.runs.run_locked", no_training)
     assert reproduce.run_jobs([job], tmp_path / "store", tmp_path / "work", progress=False) == []  # sweep two
     assert (tmp_path / "store" / job.dataset / f"{job.config.model}-{job.key}.json").read_bytes() == before
+
+
+def test_a_record_written_while_a_sweep_waits_for_the_run_is_kept(tmp_path, monkeypatch):
+    """The other sweep writes the record after this one's first look but before it holds the run's lock (the
+    lock is held until the record is written): this one keeps that record and trains nothing."""
+    chosen = declared.select("table2_comparison", declared.quick_analyses())
+    _, missing = reproduce.plan(chosen, tmp_path / "other")
+    job = next(j for j in missing if j.config.model == "popularity")
+    other = reproduce.execute(job, tmp_path / "other", tmp_path / "other-work")
+    looks = []
+
+    def stored(job_, store):
+        looks.append(store)
+        if len(looks) == 1:  # the first look finds nothing; then the other sweep's record lands
+            write_record(store, other)
+            return None
+        return reproduce.read_record(Path(store) / job.dataset / f"{job.config.model}-{job.key}.json")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run whose record landed meanwhile was trained again")
+
+    monkeypatch.setattr(reproduce, "stored", stored)
+    monkeypatch.setattr("diffmm.experiments.runs.run_locked", no_training)
+    kept = reproduce.execute(job, tmp_path / "store", tmp_path / "work")
+    assert len(looks) == 2 and kept["key"] == job.key and kept["finished"] == other["finished"]
 
 
 def test_display_tables_are_narrow_and_hold_the_means(full):

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from diffmm.experiments.runs import RunConfig
 from diffmm.experiments.analyses import Analysis
-from diffmm.utils import DirectoryBusyError
+from diffmm.utils import DirectoryBusyError, exclusive_directory
 from diffmm.experiments.store import code_version, load_records, make_record, read_record, run_key, write_record
 
 if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
@@ -150,26 +150,33 @@ def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK,
             callbacks: Sequence = ()) -> dict:
     """Train one run in its work directory (resuming it) and return its record, also written to ``store``
     unless that is None (a remote worker hands the record back to the process that owns the store)."""
-    from diffmm.experiments.runs import run
+    from diffmm.experiments.runs import run_locked
 
     done_elsewhere = stored(job, store)
     if done_elsewhere is not None:  # another sweep on this store finished it since this one planned
         return done_elsewhere
-    dataset = load_data(job.dataset, data_root)
-    config = job.config.replace(train=job.config.train.replace(device=device, threads=threads, progress=False))
     out = Path(work) / job.dataset / f"{job.config.model}-{job.key}"
-    result, model = run(dataset, config, out, resume=True, callbacks=callbacks)
-    import torch
+    # one process per run from here to its record: a second sweep asking meanwhile is refused (and leaves the run
+    # to this one), and one asking after it sees the record
+    with exclusive_directory(out):
+        done_elsewhere = stored(job, store)
+        if done_elsewhere is not None:
+            return done_elsewhere
+        dataset = load_data(job.dataset, data_root)
+        config = job.config.replace(train=job.config.train.replace(device=device, threads=threads, progress=False))
+        result, model = run_locked(dataset, config, out, resume=True, callbacks=callbacks)
+        import torch
 
-    record = make_record(dataset, config, result, device=str(device), threads=threads or torch.get_num_threads())
-    if isinstance(getattr(model, "generated", None), dict):  # DiffMM: what the selected epoch's A^m hold
-        from diffmm.casestudy import generation_measures
+        record = make_record(dataset, config, result, device=str(device),
+                             threads=threads or torch.get_num_threads())
+        if isinstance(getattr(model, "generated", None), dict):  # DiffMM: what the selected epoch's A^m hold
+            from diffmm.casestudy import generation_measures
 
-        record["generation"] = generation_measures(model, dataset, seed=0)
-    if store is not None:
-        write_record(store, record)
-    if not keep:
-        shutil.rmtree(out, ignore_errors=True)
+            record["generation"] = generation_measures(model, dataset, seed=0)
+        if store is not None:
+            write_record(store, record)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
     return record
 
 

@@ -166,15 +166,18 @@ def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = Non
     previous run's files, so none of them can be read beside the new run's. Every file carries the run's id.
     """
     if out_dir is None:
-        return _run(dataset, config, None, resume, callbacks)
+        return run_locked(dataset, config, None, resume, callbacks)
     with exclusive_directory(out_dir) as out:
         if not resume:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-        return _run(dataset, config, out, resume, callbacks)
+        return run_locked(dataset, config, out, resume, callbacks)
 
 
-def _run(dataset, config, out, resume, callbacks):
+def run_locked(dataset: RecDataset, config: RunConfig, out: Path | None, resume: bool = True,
+               callbacks: Sequence[Callback] = ()) -> tuple[FitResult, torch.nn.Module]:
+    """:func:`run` in a directory whose lock the caller holds (``utils.exclusive_directory``), e.g. for as
+    long as it also writes what it derives from the run."""
     model = build_model(config.model, dataset, config.model_config, seed=config.train.seed)
     trainer = Trainer(model, dataset, config.train, out_dir=out, callbacks=callbacks, resume=resume)
     if out:  # after the trainer checked that a checkpoint it resumes is of this same run
