@@ -172,14 +172,18 @@ def test_train_only_trains_without_the_plotting_libraries(tmp_path):
     assert not (tmp_path / "figures").exists()
 
 
-def test_two_worker_processes(tmp_path):
+def test_two_worker_processes(tmp_path, monkeypatch):
     chosen = declared.select("table2_comparison", declared.quick_analyses())
     _, missing = reproduce.plan(chosen, tmp_path / "store")
     baselines = [j for j in missing if j.config.model in ("popularity", "mf")]
+    # the records name the code the sweep started with, not what a worker finds on disk when its run ends
+    sweep_code = {"version": "0", "commit": "c0de" * 10, "dirty": False}
+    monkeypatch.setattr(reproduce, "code_version", lambda: sweep_code)
     assert reproduce.run_jobs(baselines, tmp_path / "store", tmp_path / "work", jobs=2, progress=False) == []
     records = load_records(tmp_path / "store")
     assert sorted(r["model"] for r in records.values()) == ["mf", "popularity"]
     assert all(r["threads"] >= 1 and r["device"] == "cpu" for r in records.values())
+    assert all(r["code"] == sweep_code for r in records.values())
 
 
 def test_runs_train_in_worker_processes_not_in_the_sweeps(tmp_path, monkeypatch):

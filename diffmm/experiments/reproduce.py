@@ -147,9 +147,10 @@ def load_data(name: str, data_root: str | None = None):
 
 def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK, device: str = "cpu",
             threads: int = 0, data_root: str | None = None, keep: bool = False,
-            callbacks: Sequence = ()) -> dict:
+            callbacks: Sequence = (), code: dict | None = None) -> dict:
     """Train one run in its work directory (resuming it) and return its record, also written to ``store``
-    unless that is None (a remote worker hands the record back to the process that owns the store)."""
+    unless that is None (a remote worker hands the record back to the process that owns the store).
+    ``code``: the code version the record names (the sweep's, read when it started; default this process's)."""
     from diffmm.experiments.runs import run_locked
 
     done_elsewhere = stored(job, store)
@@ -168,7 +169,7 @@ def execute(job: Job, store: str | Path | None = STORE, work: str | Path = WORK,
         import torch
 
         record = make_record(dataset, config, result, device=str(device),
-                             threads=threads or torch.get_num_threads())
+                             threads=threads or torch.get_num_threads(), code=code)
         if isinstance(getattr(model, "generated", None), dict):  # DiffMM: what the selected epoch's A^m hold
             from diffmm.casestudy import generation_measures
 
@@ -206,12 +207,13 @@ def _worker(args: tuple, local: bool = False) -> tuple[str, float, str | None, d
     from diffmm import memory
 
     memory.configure()  # the allocator settings of ``python -m diffmm``, in this process too
-    job, store, work, device, threads, data_root, keep = args
+    job, store, work, device, threads, data_root, keep, code = args
     if local:
         name, seconds, error, _, busy = _attempt(job.name, lambda: execute(job, store, work, device, threads,
-                                                                           data_root, keep))
+                                                                           data_root, keep, code=code))
         return name, seconds, error, None, busy
-    return _attempt(job.name, lambda: stored(job, store) or execute(job, None, work, device, threads, data_root, keep))
+    return _attempt(job.name, lambda: stored(job, store) or execute(job, None, work, device, threads, data_root, keep,
+                                                                    code=code))
 
 
 def worker_processes():
@@ -239,7 +241,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     to that process, with a line saying so: not an error, and not trained twice."""
     if not missing:
         return []
-    code_version()  # the code that trains, read before any run (records name it)
+    code = code_version()  # the code that trains, read before any run; every record names it (workers too)
     jobs = max(1, int(jobs))
     if threads is None:  # the cores split between the workers (each worker's torch threads)
         threads = max(1, (os.cpu_count() or 1) // jobs) if device.startswith("cpu") else 1
@@ -268,7 +270,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
             if on_done:
                 on_done(name)
 
-    args = [(j, str(store), str(work), device, threads, data_root, keep) for j in missing]
+    args = [(j, str(store), str(work), device, threads, data_root, keep, code) for j in missing]
     if engine == "ray":
         from diffmm.experiments.ray_engine import run_on_ray
 
@@ -279,7 +281,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     elif callbacks:  # they must reach the Trainer: one run after another in this process
         for job in missing:  # execute writes the record itself: none goes to done()
             name, seconds, error, _, busy = _attempt(
-                job.name, lambda: execute(job, store, work, device, threads, data_root, keep, callbacks))
+                job.name, lambda: execute(job, store, work, device, threads, data_root, keep, callbacks, code))
             done(name, seconds, error, busy=busy)
     else:  # a fresh process per run; a failed run is reported, the rest go on
         with worker_processes().Pool(jobs, maxtasksperchild=1) as pool:
@@ -362,7 +364,11 @@ def main(args, extra=()) -> int:
             from diffmm.viz.reproduction import render
 
             job = next(j for j in missing if j.name == name)
-            render([by_id[i] for i in job.analyses], load_records(store), out)
+            try:  # a figure that fails to draw must not stop the runs: they are what takes the hours
+                render([by_id[i] for i in job.analyses], load_records(store), out)
+            except Exception as error:
+                print(f"warning: redrawing {', '.join(job.analyses)} failed ({type(error).__name__}: {error}); "
+                      "the sweep goes on", flush=True)
             last_drawn = time.monotonic()
 
         errors = run_jobs(missing, store, work, args.jobs, args.device, args.threads, args.data_root, args.engine,
@@ -384,5 +390,5 @@ def main(args, extra=()) -> int:
         atomic_write_text(out / "README.md", gallery_markdown(chosen, records))
         written.append(out / "README.md")
     print(f"{len(written)} files under {out}/ from {store}/")
-    print(summary_line(chosen, store, args.jobs))
+    print(summary_line(chosen, store, args.jobs, args.threads))
     return 1 if errors else 0

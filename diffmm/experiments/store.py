@@ -126,9 +126,10 @@ def by_activity(per_user: pd.DataFrame, metrics: Iterable[str]) -> dict[str, lis
     return table
 
 
-def make_record(dataset, config: RunConfig, result, device: str, threads: int) -> dict:
+def make_record(dataset, config: RunConfig, result, device: str, threads: int, code: dict | None = None) -> dict:
     """The store's record of a finished run (``result``: a :class:`~diffmm.train.FitResult` whose
-    ``test_result`` is the selected epoch's test evaluation)."""
+    ``test_result`` is the selected epoch's test evaluation; ``code``: the version that trained it, by default
+    :func:`code_version` of this process)."""
     import pandas as pd
     history = result.history
     keep = [c for c in history.columns if not c.startswith(("valid_", "test_"))
@@ -148,7 +149,7 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int) -
         "model": config.model,
         "seed": config.train.seed,
         "config": config.to_dict(),
-        "code": code_version(),
+        "code": code if code is not None else code_version(),
         "device": device, "threads": threads,
         "python": platform.python_version(), "torch": __import__("torch").__version__,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
