@@ -246,10 +246,44 @@ def test_a_record_of_newer_code_is_left_out_with_a_warning(tmp_path):
     (tmp_path / "tiktok" / "diffmm-newer.json").write_text(json.dumps(record))
     with pytest.warns(UserWarning, match="diffmm-newer.json: left out.*a_later_setting.*0123456789ab"):
         assert load_records(tmp_path) == {}
+    newer_model = {**record, "model": "diffmm2", "config": {**config.to_dict(), "model": "diffmm2"}}
+    (tmp_path / "tiktok" / "diffmm-newer.json").write_text(json.dumps(newer_model))
+    with pytest.warns(UserWarning, match="diffmm-newer.json: left out; its model 'diffmm2'.*0123456789ab"):
+        assert load_records(tmp_path) == {}
+    (tmp_path / "tiktok" / "diffmm-newer.json").write_text(json.dumps({**newer_model, "model": "diffmm"}))
+    with pytest.raises(RecordError, match="diffmm-newer.json: field 'model' is 'diffmm' but its config trains 'diffmm2'"):
+        load_records(tmp_path)
     record["config"]["model_config"] = {"dim": "sixty-four"}
     (tmp_path / "tiktok" / "diffmm-newer.json").write_text(json.dumps(record))
     with pytest.raises(RecordError, match="diffmm-newer.json: field 'config'"):
         load_records(tmp_path)
+
+
+def test_records_are_standard_json_without_nan(tmp_path):
+    (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
+    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "test": {"recall@20": float("nan")},
+              "valid": {}, "history": {"test_recall@20": [float("inf"), 0.1]}, "by_n_train": {}, "late_mean": {},
+              "optimistic_test": {}, "wall_s": float("nan"), "config": config.to_dict()}
+    path = write_record(tmp_path, record)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    back = read_record(path)
+    assert back["test"] == {"recall@20": None} and back["wall_s"] is None and back["history"]["test_recall@20"] == [None, 0.1]
+    path.write_text(text.replace("null", "NaN"))
+    with pytest.raises(RecordError, match="'NaN' is not JSON"):
+        read_record(path)
+
+
+def test_two_files_of_one_run_keep_one_and_say_so(tmp_path):
+    (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
+    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "test": {}, "valid": {},
+              "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {}, "config": config.to_dict()}
+    (tmp_path / "tiktok").mkdir()
+    for name in ("diffmm-a.json", "diffmm-b.json"):
+        (tmp_path / "tiktok" / name).write_text(json.dumps({**record, "finished": name}))
+    with pytest.warns(UserWarning, match="diffmm-b.json: the same run as .*diffmm-a.json; only diffmm-b.json is kept"):
+        (kept,) = load_records(tmp_path).values()
+    assert kept["finished"] == "diffmm-b.json"
 
 
 def test_the_time_estimate_counts_core_seconds(monkeypatch):

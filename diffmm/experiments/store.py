@@ -32,6 +32,7 @@ import numpy as np
 
 from diffmm.config import UnknownFieldError
 from diffmm.experiments.runs import RunConfig
+from diffmm.models import MODELS
 
 if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
     import pandas as pd
@@ -104,16 +105,16 @@ def code_version() -> dict:
     return version
 
 
-def compact(value: Any) -> Any:
-    """``value`` with every float rounded to :data:`STORED_DIGITS` significant digits (lists and dicts
-    recursively); JSON has no NaN, so a non-finite float becomes None (history cells of epochs without
+def compact(value: Any, digits: int | None = STORED_DIGITS) -> Any:
+    """``value`` with every float rounded to ``digits`` significant digits (None: as it is), lists and dicts
+    recursively; JSON has no NaN, so a non-finite float becomes None (history cells of epochs without
     evaluation)."""
     if isinstance(value, float):
-        return float(f"{value:.{STORED_DIGITS}g}") if np.isfinite(value) else None
-    if isinstance(value, list):
-        return [compact(v) for v in value]
+        return (float(f"{value:.{digits}g}") if digits else value) if np.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [compact(v, digits) for v in value]
     if isinstance(value, dict):
-        return {k: compact(v) for k, v in value.items()}
+        return {k: compact(v, digits) for k, v in value.items()}
     return value
 
 
@@ -173,12 +174,16 @@ REQUIRED = {"key": str, "dataset": str, "model": str, "seed": int, "config": dic
             "history": dict, "by_n_train": dict, "late_mean": dict, "optimistic_test": dict}
 
 
+def _no_constant(name: str):
+    raise ValueError(f"'{name}' is not JSON (records hold null where a value is missing)")
+
+
 def read_record(path: str | Path) -> dict:
     """Read and check one record (JSON only; a malformed file raises :class:`RecordError` naming it)."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # nesting too deep
+        record = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: JSON's; too deep
         raise RecordError(f"{path}: not a readable JSON results record ({error})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{path}: expected a JSON object, found {type(record).__name__}")
@@ -198,7 +203,8 @@ def write_record(root: str | Path, record: dict) -> Path:
     from diffmm.utils import atomic_write_text
 
     path = Path(root) / record["dataset"] / f"{record['model']}-{record['key']}.json"
-    atomic_write_text(path, json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+    safe = {k: v if k == "config" else compact(v, None) for k, v in record.items()}  # standard JSON: no NaN
+    atomic_write_text(path, json.dumps(safe, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
     return path
 
 
@@ -207,9 +213,16 @@ def load_records(root: str | Path, dataset: str | None = None) -> dict[str, dict
     config, so a record stays found when the config classes gain fields (whose defaults keep old
     behaviour, or whose old value :data:`LEGACY_VALUES` names)."""
     folder = Path(root) / dataset if dataset else Path(root)
-    records = {}
+    records, paths = {}, {}
     for path in sorted(folder.rglob("*.json")) if folder.exists() else []:
         record = read_record(path)
+        if record["model"] not in MODELS or record["config"].get("model") != record["model"]:
+            if record["config"].get("model") == record["model"]:  # a model of newer code: not an error
+                warnings.warn(f"{path}: left out; its model '{record['model']}' is not one this version of diffmm "
+                              f"has; it was written by newer code (commit {_commit(record)})", stacklevel=2)
+                continue
+            raise RecordError(f"{path}: field 'model' is '{record['model']}' but its config trains "
+                              f"'{record['config'].get('model')}'")
         legacy = LEGACY_VALUES.get(record["model"])
         if legacy and isinstance(record["config"].get("model_config"), dict):
             record["config"]["model_config"] = {**legacy, **record["config"]["model_config"]}
@@ -221,5 +234,7 @@ def load_records(root: str | Path, dataset: str | None = None) -> dict[str, dict
             continue
         except (ValueError, KeyError, TypeError) as error:
             raise RecordError(f"{path}: field 'config' is not a valid run config ({error})") from None
-        records[key] = record
+        if key in paths:  # two files of one run (e.g. copied in under another name): one is kept, said so
+            warnings.warn(f"{path}: the same run as {paths[key]}; only {path.name} is kept", stacklevel=2)
+        records[key], paths[key] = record, path
     return records
