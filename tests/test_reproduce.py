@@ -15,7 +15,8 @@ from diffmm.cli import main as cli
 from diffmm.experiments import analyses as declared
 from diffmm.experiments import reproduce, tables
 from diffmm.experiments.runs import build_run_config
-from diffmm.experiments.store import LEGACY_VALUES, RecordError, compact, load_records, read_record, run_key, write_record
+from diffmm.experiments.store import (LEGACY_VALUES, RecordError, compact, late_mean, load_records, read_record, run_key,
+                                     write_record)
 from diffmm.train import Callback
 from diffmm.viz.gallery import _anchors, gallery_markdown
 
@@ -259,6 +260,13 @@ def test_a_record_of_newer_code_is_left_out_with_a_warning(tmp_path):
         load_records(tmp_path)
 
 
+def test_the_late_mean_is_one_window_for_every_run():
+    history = {"epoch": list(range(1, 61)), "test_recall@20": [float(e) for e in range(1, 61)]}
+    assert late_mean(history) == {"from_epoch": 20, "to_epoch": 50, "recall@20": 35.0}  # epochs 20..50, not 20..60
+    short = {"epoch": list(range(1, 41)), "test_recall@20": [0.1] * 40}
+    assert late_mean(short) == {"from_epoch": 20, "to_epoch": 50}  # stopped before the window ends: none
+
+
 def test_records_are_standard_json_without_nan(tmp_path):
     (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
     record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "test": {"recall@20": float("nan")},
@@ -331,13 +339,15 @@ def test_each_analysis_trains_a_seed_of_every_point_first_the_cheapest_first(mon
 
 @pytest.mark.parametrize("store", ["quick", "committed"])
 def test_records_keep_seven_significant_digits(full, store):
-    """The bulk of a record (history, per-activity sums) is stored rounded, new records and committed ones."""
+    """The bulk of a record (history, per-activity sums) is stored rounded, new records and committed ones;
+    the late mean is that of the history's fixed window."""
     root = full / "store" if store == "quick" else Path(__file__).resolve().parents[1] / "figures" / "results"
     records = list(load_records(root).values())
     assert records
     for record in records:
         for field in ("history", "by_n_train"):
             assert compact(record[field]) == record[field], f"{record['key']}: {field} is not compact"
+        assert record["late_mean"] == late_mean(record["history"]), f"{record['key']}: late mean not of its history"
     assert compact([0.123456789, 1234567.89, float("nan"), 3, "x"]) == [0.1234568, 1234568.0, None, 3, "x"]
 
 

@@ -39,7 +39,10 @@ if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 M
 
 # settings that change where or how fast a run goes, not what it computes
 RUNTIME_SETTINGS = ("device", "threads", "progress", "eval_batch_size")
-LATE_FROM = 20  # the late-epoch mean averages test metrics over epochs >= this
+# the late-epoch mean averages test metrics over epochs LATE_FROM..LATE_TO, one window for every run: a run
+# stopped early on validation (or trained longer) is compared over the same epochs as a fixed-length one;
+# a run that did not reach LATE_TO has none
+LATE_FROM, LATE_TO = 20, 50
 HISTORY_METRICS = ("recall@20", "ndcg@20", "precision@20", "hit@20")
 RECORD_VERSION = 1
 # significant digits kept of the per-epoch history and the per-activity sums (float32 carries ~7): the bulk of
@@ -135,10 +138,8 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int, c
     history = result.history
     keep = [c for c in history.columns if not c.startswith(("valid_", "test_"))
             or c.split("_", 1)[1] in HISTORY_METRICS]
-    late = history[history["epoch"] >= LATE_FROM] if "epoch" in history else history.iloc[:0]
-    late_mean = {m: float(late[f"test_{m}"].dropna().mean()) for m in HISTORY_METRICS
-                 if f"test_{m}" in late and late[f"test_{m}"].notna().any()}
     metrics = [c for c in result.test_result.per_user.columns if "@" in c]
+    stored_history = compact({c: history[c].tolist() for c in keep})
     timed = [c for c in ("before_epoch_s", "rec_s") if c in history]  # training time per epoch, without evaluation
     epoch_times = history[timed].sum(axis=1) if timed else pd.Series(dtype=float)
     return {
@@ -160,10 +161,25 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int, c
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "valid": result.valid, "test": result.test,
         "optimistic_test": result.optimistic_test, "optimistic_epoch": result.optimistic_epoch,
-        "late_mean": {"from_epoch": LATE_FROM, **late_mean},
-        "history": compact({c: history[c].tolist() for c in keep}),
+        "history": stored_history,
+        "late_mean": late_mean(stored_history),
         "by_n_train": compact(by_activity(result.test_result.per_user, metrics)),
     }
+
+
+def late_mean(history: dict[str, list]) -> dict:
+    """The test metrics of ``history`` (a record's) averaged over epochs :data:`LATE_FROM`..:data:`LATE_TO`;
+    only the window's bounds when the run has no test values at all of those epochs or stopped before
+    ``LATE_TO``."""
+    out = {"from_epoch": LATE_FROM, "to_epoch": LATE_TO}
+    epochs = history.get("epoch") or []
+    if not epochs or max(epochs) < LATE_TO:
+        return out
+    for m in HISTORY_METRICS:
+        values = [v for e, v in zip(epochs, history.get(f"test_{m}") or []) if LATE_FROM <= e <= LATE_TO and v is not None]
+        if values:
+            out[m] = float(np.mean(values))
+    return out
 
 
 class RecordError(ValueError):

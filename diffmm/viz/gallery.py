@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from diffmm.experiments.analyses import Analysis, value_label
+from diffmm.experiments.store import LATE_FROM, LATE_TO
 from diffmm.experiments.tables import EQUAL_GROUPS, group_table, point_table, run_frame
 
 DATASET_TITLES = {"tiktok": "TikTok (DiffMM's split, image + audio)",
@@ -71,7 +72,7 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
                     + ", ".join(f"{v:.4f} at {value_label(x)}" for x, v in zip(t[field], t[m])) + ".")
         ends = f"{t[m].iloc[0]:.4f} at {field} = {t[field].iloc[0]:g} and {t[m].iloc[-1]:.4f} at {t[field].iloc[-1]:g}"
         late = t[f"late {m}"]
-        late_text = (f"; averaged over epochs >= 20 the points span {late.max() - late.min():.4f}"
+        late_text = (f"; averaged over epochs {LATE_FROM}-{LATE_TO} the points span {late.max() - late.min():.4f}"
                      if late.notna().sum() > 1 else "")
         return (f"Recall@20 is {ends}, highest at {field} = {best[field]:g} ({best[m]:.4f}); the points span "
                 f"{t[m].max() - t[m].min():.4f}, while {noise_text}{late_text}.")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from diffmm.experiments.analyses import QUICK_DATA, Analysis
+from diffmm.experiments.store import LATE_FROM, LATE_TO
 from diffmm.experiments.tables import (EQUAL_GROUPS, METRICS, PAPER_EDGES, csv_table, group_table, point_table,
                                        run_frame)
 
@@ -178,7 +179,7 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
     late = t[f"late {m} mean"].to_numpy(float)
     if np.isfinite(late).any():
         ax.plot(xs, late, "s", ls="none" if categories else "--", color=sns.color_palette()[2], ms=4,
-                label="mean over epochs >= 20")
+                label=f"mean over epochs {LATE_FROM}-{LATE_TO}")
     if not runs.empty:
         at = runs[field].map(dict(zip(t[field], xs))) if categories else runs[field]
         ax.scatter(at, runs[m], color="0.15", s=10, zorder=3, label="one seed")
@@ -281,7 +282,7 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
                                                        "(%{customdata[0]} seeds)<extra></extra>"), 1, col)
                 if t[f"late {m} mean"].notna().any():
                     fig.add_trace(go.Scatter(x=t[field], y=t[f"late {m} mean"], mode="lines+markers",
-                                             name="mean over epochs >= 20", legendgroup="late", showlegend=show,
+                                             name=f"mean over epochs {LATE_FROM}-{LATE_TO}", legendgroup="late", showlegend=show,
                                              line=dict(color=palette[2], dash="dash")), 1, col)
                 x_runs = runs[field] if not runs.empty else []
                 kind = ("category" if not pd.api.types.is_numeric_dtype(t[field])
