@@ -494,6 +494,30 @@ def test_verdicts_on_ablations_and_trends():
     assert run(_falls, rho, verdict_table({"0": 0.09, "1": 0.10}, "fusion_ratio")) == "No"
     assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.098, "0.5": 0.10, "1": 0.09}, "omega")) == "Yes"
     assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.08, "0.5": 0.10, "1": 0.099}, "omega")) == "No"
+    # omega = 1 lowest, but level with omega = 0.1 within the noise: not 'worst'
+    tied = verdict_table({"0.1": 0.0901, "0.25": 0.10, "0.5": 0.10, "0.75": 0.10, "1": 0.0900}, "omega")
+    assert run(_worst_at_largest, omega, tied) == "Not settled"
+    # an exact tie reads +0.0000, never -0.0000
+    _, text = _each_helps(ablation, verdict_table({**full, "w/o CL": 0.09, "w/o DM": 0.10, "w/o MSI": 0.11}),
+                          "recall@20 mean", 0.002, None, None)
+    assert "w/o DM: +0.0000" in text and "-0.0000" not in text and "clearly higher: w/o MSI" in text
+
+
+@pytest.mark.parametrize("margins, expected", [
+    ((0.02, 0.01, 0.005), "Yes"),  # leads everywhere, most for the sparsest
+    ((0.005, 0.01, 0.02), "Partly"),  # leads everywhere, least for the sparsest
+    ((-0.02, 0.001, 0.0005), "No"),  # clearly behind in one group, level elsewhere
+    ((0.001, -0.001, 0.0), "Not settled"),
+])
+def test_the_activity_verdict_checks_every_group_and_the_sparsest(monkeypatch, margins, expected):
+    from diffmm.experiments.analyses import ANALYSES
+    from diffmm.viz import gallery
+
+    groups = pd.DataFrame([{"group": g, "label": label, "recall@20 mean": 0.1 + (d if label == "DiffMM" else 0)}
+                           for g, d in zip(("0-1", "2", "3+"), margins) for label in ("DiffMM", "LightGCN")])
+    monkeypatch.setattr(gallery, "group_table", lambda *args: groups)
+    status, _ = gallery._every_group(ANALYSES["tiktok/fig2_sparsity"], None, "recall@20 mean", 0.004, None, None)
+    assert status == expected
 
 
 def test_crowded_tick_labels_are_left_blank():
