@@ -225,7 +225,7 @@ def test_an_older_record_keeps_the_setting_it_ran_with(tmp_path, model, field):
     assert getattr(config.model_config, field) != value
     before = config.replace(model_config=config.model_config.replace(**{field: value}))
     old = {k: v for k, v in config.to_dict()["model_config"].items() if k != field}
-    record = {"key": "x", "dataset": "tiktok", "model": model, "seed": 421, "test": {}, "valid": {},
+    record = {"key": "x", "dataset": "tiktok", "model": model, "seed": 421, "best_epoch": 1, "test": {}, "valid": {},
               "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {},
               "config": {**config.to_dict(), "model_config": old}}
     (tmp_path / "tiktok").mkdir()
@@ -239,7 +239,7 @@ def test_a_record_of_newer_code_is_left_out_with_a_warning(tmp_path):
     """Stores merge across machines: a record whose config has a field this version lacks (written by newer
     code) is skipped with a warning naming it, not fatal to a sweep; a malformed config still is."""
     (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
-    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "test": {}, "valid": {},
+    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "best_epoch": 1, "test": {}, "valid": {},
               "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {},
               "code": {"commit": "0123456789abcdef"}, "config": config.to_dict()}
     record["config"]["model_config"]["a_later_setting"] = 1
@@ -269,7 +269,7 @@ def test_the_late_mean_is_one_window_for_every_run():
 
 def test_records_are_standard_json_without_nan(tmp_path):
     (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
-    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "test": {"recall@20": float("nan")},
+    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "best_epoch": 1, "test": {"recall@20": float("nan")},
               "valid": {}, "history": {"test_recall@20": [float("inf"), 0.1]}, "by_n_train": {}, "late_mean": {},
               "optimistic_test": {}, "wall_s": float("nan"), "config": config.to_dict()}
     path = write_record(tmp_path, record)
@@ -284,7 +284,7 @@ def test_records_are_standard_json_without_nan(tmp_path):
 
 def test_two_files_of_one_run_keep_one_and_say_so(tmp_path):
     (_, _, config), *_ = declared.ANALYSES["tiktok/table3_ablation"].runs()
-    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "test": {}, "valid": {},
+    record = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "best_epoch": 1, "test": {}, "valid": {},
               "history": {}, "by_n_train": {}, "late_mean": {}, "optimistic_test": {}, "config": config.to_dict()}
     (tmp_path / "tiktok").mkdir()
     for name in ("diffmm-a.json", "diffmm-b.json"):
@@ -385,6 +385,17 @@ def test_a_malformed_record_names_the_file(tmp_path):
     bad.write_text(json.dumps({"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": "421"}))
     with pytest.raises(RecordError, match="field 'seed' should be int"):
         read_record(bad)
+    good = {"key": "x", "dataset": "tiktok", "model": "diffmm", "seed": 421, "best_epoch": 2, "config": {},
+            "test": {"recall@20": 0.1}, "valid": {}, "optimistic_test": {}, "late_mean": {"from_epoch": 20},
+            "history": {"epoch": [1, 2], "test_recall@20": [None, 0.1]}, "by_n_train": {"n_train": [1], "users": [3]}}
+    bad.write_text(json.dumps(good))
+    assert read_record(bad) == good
+    for field, value, message in [("test", {"recall@20": "0.1"}, "field 'test.recall@20' should be a number"),
+                                  ("history", {"epoch": [1, 2], "test_recall@20": [0.1]}, "of one length, found \\[1, 2\\]"),
+                                  ("by_n_train", {"n_train": "1"}, "field 'by_n_train.n_train' should be a list")]:
+        bad.write_text(json.dumps({**good, field: value}))
+        with pytest.raises(RecordError, match=f"diffmm-000000000000.json: .*{message}"):
+            read_record(bad)
 
 
 def test_the_ray_executor_runs_two_quick_runs_on_a_local_ray(tmp_path):

@@ -186,8 +186,10 @@ class RecordError(ValueError):
     """A result file that is not a record of this store; the message names the file and the field."""
 
 
-REQUIRED = {"key": str, "dataset": str, "model": str, "seed": int, "config": dict, "test": dict, "valid": dict,
-            "history": dict, "by_n_train": dict, "late_mean": dict, "optimistic_test": dict}
+REQUIRED = {"key": str, "dataset": str, "model": str, "seed": int, "best_epoch": int, "config": dict, "test": dict,
+            "valid": dict, "history": dict, "by_n_train": dict, "late_mean": dict, "optimistic_test": dict}
+NUMBERS = ("test", "valid", "optimistic_test", "late_mean")  # name -> number (or null)
+COLUMNS = ("history", "by_n_train")  # name -> a list per column, all of one length
 
 
 def _no_constant(name: str):
@@ -207,6 +209,20 @@ def read_record(path: str | Path) -> dict:
         if not isinstance(record.get(name), kind):
             raise RecordError(f"{path}: field '{name}' should be {kind.__name__}, found "
                               f"{type(record.get(name)).__name__}")
+    number = (int, float, type(None))
+    for name in NUMBERS:
+        for key, value in record[name].items():
+            if isinstance(value, bool) or not isinstance(value, number):
+                raise RecordError(f"{path}: field '{name}.{key}' should be a number, found {type(value).__name__}")
+    for name in COLUMNS:
+        lengths = set()
+        for key, column in record[name].items():
+            if not isinstance(column, list) or not all(isinstance(v, number) and not isinstance(v, bool)
+                                                        for v in column):
+                raise RecordError(f"{path}: field '{name}.{key}' should be a list of numbers")
+            lengths.add(len(column))
+        if len(lengths) > 1:
+            raise RecordError(f"{path}: the columns of field '{name}' should be of one length, found {sorted(lengths)}")
     return record
 
 
