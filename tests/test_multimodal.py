@@ -34,10 +34,11 @@ def restore_threads():
 def tiny() -> RecDataset:
     """4 users x 5 items, two modalities with 3-d features."""
     train = np.array([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 1], [1, 0, 0, 0, 1]], dtype=np.float32)
-    held_out = np.array([[0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0]], dtype=np.float32)
+    valid = np.array([[0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0]], dtype=np.float32)
+    test = np.array([[0, 0, 0, 1, 0], [0, 0, 0, 0, 1], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0]], dtype=np.float32)
     rng = np.random.default_rng(3)
     feats = {"first": rng.normal(size=(5, 3)).astype(np.float32), "second": rng.normal(size=(5, 3)).astype(np.float32)}
-    return RecDataset(train, held_out, held_out, item_features=feats, name="tiny")
+    return RecDataset(train, valid, test, item_features=feats, name="tiny")
 
 
 USERS, POS, NEG = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 2, 4, 0, 3]), torch.tensor([3, 0, 1, 2, 4])
