@@ -60,7 +60,7 @@ def cmd_train(args, extra) -> int:
     dataset = _load_data(args.data)
     out = Path(args.out) if args.out else Path("runs") / f"{dataset.name}-{model}"
     result, _ = run(dataset, config, out, resume=not args.fresh)
-    print(f"{model} on {dataset.name}: {result.summary()} -> {out}")
+    print(f"{model} on {dataset.name}: {result.summary(config.train.metric)} -> {out}")
     return 0
 
 

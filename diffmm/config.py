@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,11 +33,20 @@ class ConfigBase:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
+        """The config from plain values (a JSON/YAML file's, the CLI's strings): each is read as its field's
+        declared type (:func:`coerce`); a value that is not one raises ``ValueError`` naming the field."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise UnknownFieldError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        typed = {}
+        for name, value in values.items():
+            try:
+                typed[name] = coerce(hints[name], value)
+            except ValueError as error:
+                raise ValueError(f"{cls.__name__}.{name}: {error}") from None
+        return cls(**typed)
 
     def replace(self, **changes):
         return self.from_dict({**self.to_dict(), **changes})
@@ -68,8 +78,8 @@ class TrainConfig(ConfigBase):
         if not math.isfinite(self.lr):
             raise ValueError(f"TrainConfig.lr must be a finite number, got {self.lr}")
         self.ks = tuple(int(k) for k in self.ks)
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"TrainConfig.ks must be cut-offs >= 1, got {self.ks}")
+        if not self.ks or min(self.ks) < 1 or len(set(self.ks)) < len(self.ks):
+            raise ValueError(f"TrainConfig.ks must be distinct cut-offs >= 1, got {self.ks}")
         if self.threads < 0:
             raise ValueError(f"TrainConfig.threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.device != "auto":
@@ -211,31 +221,53 @@ class BM3Config(ConfigBase):
             raise ValueError(f"BM3Config.l2 and alignment_weight must be >= 0, got {self.l2}, {self.alignment_weight}")
 
 
-def parse_value(text: str, current: Any, optional: bool = False) -> Any:
-    """Parse a CLI string into the type of the field's current value ('none' / 'null' for an optional field)."""
-    if optional and text.strip().lower() in ("none", "null"):
-        return None
-    if current is None:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    if isinstance(current, str):
-        return text
-    kinds = {bool: "true or false", tuple: "comma-separated numbers, e.g. 10,20,50", int: "an integer",
-             float: "a number"}
-    expected = next((v for k, v in kinds.items() if isinstance(current, k)), type(current).__name__)
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def coerce(hint: Any, value: Any) -> Any:
+    """``value`` read as the declared type ``hint`` of a config field: strings (the CLI's, YAML's ``1e-4``)
+    are parsed ('none' / 'null' for an optional field; comma-separated for a tuple), a whole float becomes an
+    int where an int is declared; a bool is no number and a number no bool. Anything else raises ``ValueError``
+    saying what was expected. Numbers of either kind stay as they are where a float is declared."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
     if optional:
-        expected += " or none"
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    tuple_of = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
     try:
-        if isinstance(current, bool):
-            return {"1": True, "true": True, "yes": True, "on": True,
-                    "0": False, "false": False, "no": False, "off": False}[text.lower()]
-        if isinstance(current, tuple):
-            return tuple(int(x) if x.strip().lstrip("-").isdigit() else float(x) for x in text.split(","))
-        return type(current)(text)
-    except (KeyError, ValueError):
-        raise ValueError(f"expected {expected}, got '{text}'") from None
+        if tuple_of is not None:
+            items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise TypeError
+            return tuple(_scalar(tuple_of, v) for v in items)
+        return _scalar(hint, value)
+    except (KeyError, ValueError, TypeError, OverflowError):
+        expected = (f"comma-separated {'numbers, e.g. 10,20,50' if tuple_of is int else 'names'}" if tuple_of
+                    else _EXPECTED.get(hint, getattr(hint, "__name__", str(hint))))
+        raise ValueError(f"expected {expected}{' or none' if optional else ''}, got {value!r}") from None
+
+
+def _scalar(kind: Any, value: Any) -> Any:
+    if kind is bool:
+        return value if isinstance(value, bool) else _BOOLEANS[value.strip().lower()]
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    if kind not in (int, float):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError
+    if kind is float:
+        return float(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        value = int(value) if value.strip().lstrip("+-").isdigit() else float(value)  # '10', '1e3'
+    if value != int(value):
+        raise ValueError
+    return int(value)
 
 
 @dataclass

@@ -138,9 +138,14 @@ class FitResult:
     peak_gpu_mib: float | None = None  # on CUDA: the most memory torch held allocated on the device
     cpu_s: float | None = None  # process CPU time (all threads) spent training, over every (re)start of the run
 
-    def summary(self, metric: str = "recall@20", other: str = "ndcg@20") -> str:
+    def summary(self, metric: str = "recall@20", other: str | None = None) -> str:
+        """One line: ``metric`` (the selection metric, say) and ``other`` (default: NDCG, or Recall for an NDCG
+        metric, at the same cut-off) of the selected epoch, and the optimistic value."""
+        cut_off = metric.split("@")[-1]
+        other = other or (f"recall@{cut_off}" if metric.startswith("ndcg") else f"ndcg@{cut_off}")
         return (f"best epoch {self.best_epoch} (of {self.epochs_run}, selected on valid {metric}) | "
-                f"test {metric} {self.test[metric]:.4f} {other} {self.test[other]:.4f} | "
+                f"test {metric} {self.test[metric]:.4f}"
+                + (f" {other} {self.test[other]:.4f}" if other in self.test else "") + " | "
                 f"optimistic best-test {metric} {self.optimistic_test[metric]:.4f} "
                 f"(epoch {self.optimistic_epoch[metric]}) | {self.wall_s:.0f}s"
                 + (f" | peak RSS {self.peak_rss_mib:.0f} MiB" if self.peak_rss_mib else "")

@@ -236,6 +236,9 @@ def test_load_folders_and_synthetic(tmp_path):
     write_diffmm_dir(synthetic, tmp_path / "mine")  # an unregistered folder: format detection
     mine = D.load(tmp_path / "mine")
     assert (mine.train != synthetic.train).nnz == 0 and mine.name == "mine"
+    write_diffmm_dir(synthetic, tmp_path / "synthetic")  # named like the generated dataset: still the folder's data
+    own = D.load(tmp_path / "synthetic")
+    assert (own.n_users, own.n_items) == (60, 30) and (own.train != synthetic.train).nnz == 0
 
     with pytest.raises(DatasetUnavailableError, match=r"lacks \['ml100k.inter', 'items.csv'"):
         D.load(tmp_path / "mine", spec="ml100k")

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -140,6 +141,11 @@ def test_cli_evaluate_a_run_directory_and_refuse_other_data(tmp_path, capsys):
     write_diffmm_dir(make_synthetic(n_users=300, n_items=200, seed=0), other)
     assert main(["evaluate", "--run", str(out), "--data", str(other)]) == 2
     assert "was trained on other data (data.items" in capsys.readouterr().err
+    # cut-offs without 20, selected on Recall@10: the summary line reports what the run has
+    at10 = ["train", "--model", "mf", "--data", "synthetic", "--epochs", "1", "--progress", "false", "--ks", "5,10",
+            "--metric", "recall@10", "--out", str(tmp_path / "at10")]
+    assert main(at10) == 0
+    assert "selected on valid recall@10) | test recall@10" in capsys.readouterr().out
 
 
 def test_load_run_gives_the_trained_model_back(data, tmp_path):
@@ -187,6 +193,28 @@ def test_unknown_setting_is_a_clear_error(tmp_path):
         RunConfig.load(bad)
     with pytest.raises(ValueError, match="layers"):
         LightGCNConfig(layers=-1)
+
+
+def test_a_config_file_is_read_as_the_declared_types(tmp_path):
+    """YAML reads 1e-4 as a string and a quoted "false" stays one: each value is read as its field's type."""
+    pytest.importorskip("yaml")
+    path = tmp_path / "config.yaml"
+    path.write_text("model: diffmm\nmodel_config: {l2: 1e-4, cl_weight: 1e-2, modality_order: 'image, audio'}\n"
+                    "train: {progress: 'false', ks: '10,20', epochs: 50.0}\n")
+    config = RunConfig.load(path)
+    assert config.model_config.l2 == 1e-4 and config.model_config.cl_weight == 0.01
+    assert config.model_config.modality_order == ("image", "audio")
+    assert config.train.progress is False and config.train.ks == (10, 20) and config.train.epochs == 50
+    for text, message in [("train: {progress: 'maybe'}", "TrainConfig.progress: expected true or false, got 'maybe'"),
+                          ("train: {ks: [20, 1.5]}", "TrainConfig.ks: expected comma-separated numbers"),
+                          ("train: {ks: [20, 20]}", "distinct cut-offs"),
+                          ("model_config: {l2: true}", "DiffMMConfig.l2: expected a number, got True")]:
+        path.write_text(f"model: diffmm\n{text}\n")
+        with pytest.raises(ValueError, match=f"config.yaml: .*{re.escape(message)}"):
+            RunConfig.load(path)
+    # and on the command line: names for a tuple of names
+    assert build_run_config("diffmm", overrides={"modality_order": "image,text"}).model_config.modality_order == (
+        "image", "text")
 
 
 def test_summarize_seeds_mean_and_std(data, tmp_path, capsys):

@@ -353,7 +353,10 @@ def load(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None,
         if not folder.is_dir():
             raise ValueError(f"{folder} is a file: a dataset is a directory (DiffMM pkl, MMRec or RecBole files) "
                              f"or a registered name ({', '.join(sorted(DATASETS))})")
-        known = spec or (folder.name if folder.name in DATASETS else None) or _registered_copy(folder)
+        # a folder named like a registered dataset with files (a generated one, 'synthetic', has none: a folder
+        # of that name holds the user's own data)
+        named = folder.name if folder.name in DATASETS and DATASETS[folder.name].files else None
+        known = spec or named or _registered_copy(folder)
         if known is None:
             return load_dataset(folder, **kw)
         dataset_spec = _spec(known)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from diffmm.config import ConfigBase, DiffMMConfig, TrainConfig, UnknownFieldError, parse_value
+from diffmm.config import ConfigBase, DiffMMConfig, TrainConfig, UnknownFieldError, coerce
 from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
@@ -123,12 +123,10 @@ def build_run_config(model: str, preset: str | None = None, overrides: dict[str,
         key = key.replace("-", "_")
         for cls, values in ((config_cls, model_values), (TrainConfig, train_values)):
             if key in values:
-                if isinstance(value, str):
-                    optional = type(None) in typing.get_args(typing.get_type_hints(cls)[key])
-                    try:
-                        value = parse_value(value, values[key], optional)
-                    except ValueError as error:
-                        raise ValueError(f"--{key}: {error}") from None
+                try:
+                    value = coerce(typing.get_type_hints(cls)[key], value)
+                except ValueError as error:
+                    raise ValueError(f"--{key}: {error}") from None
                 values[key] = value
                 break
         else:
@@ -265,8 +263,8 @@ def summarize_runs(run_dirs: Sequence[str | Path], metrics: Sequence[str] = ("re
         seed = read_json(out / "config.json").get("train", {}).get("seed") if (out / "config.json").exists() else None
         row = {"run": out.name, "seed": seed, "best_epoch": found["best_epoch"], "epochs": found["epochs_run"],
                "wall_s": found["wall_s"]}
-        row.update({f"test {m}": found["test"][m] for m in metrics})
-        row.update({f"optimistic {m}": found["optimistic_test"][m] for m in metrics})
+        row.update({f"test {m}": found["test"].get(m) for m in metrics})  # a run without that cut-off: blank
+        row.update({f"optimistic {m}": found["optimistic_test"].get(m) for m in metrics})
         if average_from is not None:
             row.update(_late_average(out / "history.csv", metrics, average_from))
         rows.append(row)
