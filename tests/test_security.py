@@ -167,8 +167,8 @@ def test_temporaries_of_a_killed_write_are_removed(tmp_path):
 # ----------------------------------------------------------------------------- fail fast, name it
 @pytest.mark.parametrize("args, message", [
     (["--lr", "inf"], "lr must be a finite number"),
-    (["--ks", "0,20"], "ks must be cut-offs >= 1"),
-    (["--ks", "-5,20"], "ks must be cut-offs >= 1"),
+    (["--ks", "0,20"], "ks must be distinct cut-offs >= 1"),
+    (["--ks", "-5,20"], "ks must be distinct cut-offs >= 1"),
     (["--threads", "-1"], "threads must be >= 0"),
     (["--device", "gpu7"], "device must be 'auto', 'cpu', 'cuda'"),
     (["--model", "diffmm", "--rebuild_k", "1000"], "rebuild_k = 1000 exceeds the 250 items"),
