@@ -122,6 +122,15 @@ def test_resume_refuses_a_run_directory_of_other_settings(data, tmp_path):
         run(other, config(), tmp_path)
     result, _ = run(data, config(epochs="2"), tmp_path)  # a longer run of the same settings resumes
     assert result.epochs_run == 2 and len(result.history) == 2
+
+    class Interrupt(Callback):
+        def on_epoch_end(self, trainer, record):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # made longer again, and killed: the 2-epoch results are not its own
+        run(data, config(epochs="4"), tmp_path, callbacks=[Interrupt()])
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 4
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "history.csv").exists()
     result, _ = run(data, config(seed="6"), tmp_path, resume=False)  # --fresh starts over
     assert result.epochs_run == 1
 
@@ -212,6 +221,8 @@ def test_a_config_file_is_read_as_the_declared_types(tmp_path):
         path.write_text(f"model: diffmm\n{text}\n")
         with pytest.raises(ValueError, match=f"config.yaml: .*{re.escape(message)}"):
             RunConfig.load(path)
+    with pytest.raises(ValueError, match="give a preset .* or a base config, not both"):
+        build_run_config("diffmm", "baby", base=build_run_config("diffmm"))
     # and on the command line: names for a tuple of names
     assert build_run_config("diffmm", overrides={"modality_order": "image,text"}).model_config.modality_order == (
         "image", "text")

@@ -109,6 +109,9 @@ def build_run_config(model: str, preset: str | None = None, overrides: dict[str,
     if model not in MODELS:
         raise ValueError(f"unknown model '{model}'; available: {sorted(MODELS)}")
     config_cls, _ = MODELS[model]
+    if preset and base is not None:  # the base holds every setting: the preset would be silently overwritten
+        raise ValueError(f"give a preset ('{preset}') or a base config, not both: a config file holds every setting "
+                         "(apply a preset's values as overrides instead)")
     model_values = config_cls().to_dict()
     train_values = TrainConfig().to_dict()
     if preset:
@@ -153,6 +156,7 @@ def parse_settings(extra: Sequence[str]) -> dict[str, str]:
 
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "per_user_test.csv", "topk_test.csv", "best.pt", "last.pt")
+RESULT_FILES = ("metrics.json", "history.csv", "per_user_test.csv", "topk_test.csv")  # written when the run ends
 
 
 def run(dataset: RecDataset, config: RunConfig, out_dir: str | Path | None = None, resume: bool = True,
@@ -180,6 +184,8 @@ def run_locked(dataset: RecDataset, config: RunConfig, out: Path | None, resume:
     trainer = Trainer(model, dataset, config.train, out_dir=out, callbacks=callbacks, resume=resume)
     if out:  # after the trainer checked that a checkpoint it resumes is of this same run
         config.save(out / "config.json", run_id=trainer.run_id)
+        for name in RESULT_FILES:  # an earlier end's results (e.g. before --epochs grew) are not this config's
+            (out / name).unlink(missing_ok=True)
     result = trainer.fit()
     trainer.close()
     if out:
