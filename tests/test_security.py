@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,10 +43,32 @@ def test_a_crafted_dataset_pickle_runs_nothing(small, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("layout, damage, message", [
+    ("coo", lambda m: setattr(m, "data", m.data[:-1]), "field 'matrix': .*row, col and data hold"),
+    ("csr", lambda m: setattr(m, "indptr", m.indptr[::-1].copy()), "field 'matrix': "),
+    ("coo", lambda m: setattr(m, "col", m.col * 1000), "field 'col \\(item\\)'"),  # out of range: named by axis
+    ("csr", lambda m: setattr(m, "indices", m.indices * 1000), "field 'matrix': .*indices must be <"),
+])
+def test_a_malformed_sparse_pickle_is_refused_naming_the_file(small, tmp_path, layout, damage, message):
+    write_diffmm_dir(small, tmp_path)
+    matrix = small.train.asformat(layout, copy=True)  # the module's fixture stays as it is
+    damage(matrix)
+    (tmp_path / "trnMat.pkl").write_bytes(pickle.dumps(matrix))
+    with pytest.raises(DataError, match=f"trnMat.pkl: {message}"):
+        read_diffmm_dir(tmp_path)
+
+
+def test_text_ids_that_are_not_finite_integers_are_refused():
+    from diffmm.data.parsing import int_ids
+
+    with pytest.raises(DataError, match="u.inter: field 'user_id': expected integer ids.*'inf'"):
+        int_ids(np.array(["1", "inf"], dtype=object), "u.inter", "user_id")
+
+
 def test_honest_pickles_of_every_sparse_layout_load(small, tmp_path):
     write_diffmm_dir(small, tmp_path)
     for layout in ("csr", "csc", "coo"):
-        matrix = small.train.asformat(layout)
+        matrix = small.train.asformat(layout, copy=True)  # the module's fixture stays as it is
         with open(tmp_path / "trnMat.pkl", "wb") as f:
             pickle.dump(matrix, f, protocol=2 if layout == "coo" else pickle.HIGHEST_PROTOCOL)
         assert (read_diffmm_dir(tmp_path).train != small.train).nnz == 0

@@ -39,7 +39,7 @@ def int_ids(values, source: str, field: str) -> np.ndarray:
         import pandas as pd
 
         as_num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
-        bad = np.isnan(as_num) | (as_num != np.round(as_num))
+        bad = ~np.isfinite(as_num) | (as_num != np.round(as_num))
         if not bad.any():
             return as_num.astype(np.int64)
         example = values[bad][0]
@@ -126,6 +126,19 @@ def load_pickle(path: Path):
         raise DataError(str(path), "file", "a pickled scipy.sparse matrix", f"{type(err).__name__}: {err}") from err
     if sp.issparse(matrix) and matrix.dtype == object:
         raise DataError(str(path), "dtype", "a numeric sparse matrix", "object values")
+    if sp.issparse(matrix):  # unpickling checks nothing; COO index ranges are checked (by axis) where ids are read
+        try:
+            if matrix.format == "coo":
+                if not len(matrix.row) == len(matrix.col) == len(matrix.data):
+                    raise ValueError(f"row, col and data hold {len(matrix.row)}, {len(matrix.col)} and "
+                                     f"{len(matrix.data)} entries")
+            elif matrix.format in ("csr", "csc"):
+                matrix.check_format(full_check=True)  # indptr, and indices within the shape
+            else:
+                matrix.tocoo()
+        except Exception as err:
+            raise DataError(str(path), "matrix", "a well-formed sparse matrix (index and data arrays that agree)",
+                            f"{type(err).__name__}: {err}") from None
     return matrix
 
 
