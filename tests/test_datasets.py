@@ -167,6 +167,15 @@ def test_corrupt_download_fails_checksum_and_leaves_no_file(www, tmp_path):
     assert left == ["ml100k.inter"]  # the verified file before it stays; no items.csv, no temp file
 
 
+def test_a_wrong_file_beside_missing_ones_is_refused_before_downloading(server, tmp_path):
+    target = tmp_path / "cache" / "ml100k"
+    target.mkdir(parents=True)
+    (target / "items.csv").write_text("not the MovieLens items\n")  # copied in by hand; ml100k.inter missing
+    with pytest.raises(ChecksumError, match="items.csv"):
+        D.fetch("ml100k", root=tmp_path / "cache", base_url=server.url, progress=False)
+    assert not server.requests
+
+
 def test_offline_error_names_files_and_folder(tmp_path):
     target = tmp_path / "cache" / "ml100k"
     with pytest.raises(DatasetUnavailableError) as info:

@@ -301,6 +301,10 @@ def fetch(name: str, root: str | os.PathLike | None = None, download: bool = Tru
             return folder
     target = data_home(root) / name
     missing = [f for f in spec.files if not (target / f.name).is_file()]
+    if verify:  # the files already there (copied in by hand, say) are checked before any download
+        for f in spec.files:
+            if f not in missing:
+                _check(target / f.name, f, "delete or replace the file")
     if not download:
         raise DatasetUnavailableError(_missing_message(
             spec, target, f"missing {[f.name for f in missing]} and download=False."))
