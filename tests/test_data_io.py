@@ -244,6 +244,22 @@ def test_train_test_overlap_warns_with_count(small):
         from_dataframe(pd.concat([df, train]), item_features=small.item_features)
 
 
+def test_ids_counted_from_one_are_warned_about():
+    df = pd.DataFrame({"user": [1, 2, 3, 1], "item": [0, 1, 2, 2], "split": ["train", "train", "train", "test"]})
+    df = pd.concat([df, pd.DataFrame({"user": [2], "item": [0], "split": ["valid"]})])
+    with pytest.warns(UserWarning, match="no 'user' is 0; ids are read as 0-based, so users 0..0 have no interactions"):
+        data = from_dataframe(df)
+    assert data.n_users == 4
+
+
+def test_the_real_datasets_count_from_zero(shared_datasets, recwarn):
+    from diffmm import datasets
+
+    for name in ("tiktok", "ml100k"):
+        datasets.load(shared_datasets / name)
+    assert not [w for w in recwarn if "0-based" in str(w.message)]
+
+
 def test_valid_test_overlap_warns_with_count(small):
     df = to_dataframe(small)
     twice = df[df["split"] == "valid"].head(2).assign(split="test")

@@ -81,6 +81,14 @@ def read_diffmm_dir(path: PathLike, name: str | None = None) -> RecDataset:
                     str(path / DIFFMM_FILES["train"]))
 
 
+def _warn_one_based(source: str, field: str, ids: np.ndarray) -> None:
+    """Ids are 0-based and the user count is the largest id + 1: where no user has id 0 (a file counting from
+    1, say), user 0 is an empty user. Said, not refused: a split may leave out user 0."""
+    if ids.size and ids.min() > 0:
+        warnings.warn(f"{source}: no '{field}' is 0; ids are read as 0-based, so users 0..{int(ids.min()) - 1} have "
+                      "no interactions (if the file counts from 1, subtract 1 from its ids)", stacklevel=3)
+
+
 def write_diffmm_dir(dataset: RecDataset, path: PathLike) -> None:
     """Write ``dataset`` in DiffMM's directory format (float64 COO of ones; float32 features).
 
@@ -163,6 +171,8 @@ def read_mmrec(path: PathLike, inter_file: str | None = None,
             raise DataError(str(folder), "feature files", "one '<modality>_feat*.npy' per modality "
                             "(or pass feature_files=...)", f"{[f.name for f in found]}")
     features = read_features({m: folder / f for m, f in feature_files.items()}, n_items or shape.get("n_items"))
+    if not (n_users or shape.get("n_users")):
+        _warn_one_based(str(file), "userID", users)
     n_users = n_users or shape.get("n_users") or (int(users.max()) + 1 if users.size else 0)
     if n_items is None:
         n_items = shape.get("n_items") or (next(iter(features.values())).shape[0] if features
@@ -229,6 +239,8 @@ def read_recbole(path: PathLike, name: str | None = None) -> RecDataset:
     feature_files = {f.name[len(prefix): -len("_feat.npy")]: f for f in sorted(path.glob(f"{name}.*_feat.npy"))}
     shape = read_shape(path, name)
     features = read_features(feature_files, shape.get("n_items"))
+    if not shape.get("n_users"):
+        _warn_one_based(str(files["train"]), "user_id", np.concatenate([u for u, _ in ids.values()]))
     n_users = shape.get("n_users") or max(int(u.max()) if u.size else -1 for u, _ in ids.values()) + 1
     n_items = shape.get("n_items") or (next(iter(features.values())).shape[0] if features
                                        else max(int(i.max()) if i.size else -1 for _, i in ids.values()) + 1)
@@ -294,6 +306,8 @@ def from_dataframe(df: pd.DataFrame, item_features: Mapping[str, np.ndarray] | N
     codes = codes.astype(np.int64)
     features = {m: check_features(f, None, source, f"item_features['{m}']")
                 for m, f in (item_features or {}).items()}
+    if not (n_users or df.attrs.get("n_users")):
+        _warn_one_based(source, user_col, users)
     n_users = n_users or df.attrs.get("n_users") or (int(users.max()) + 1 if users.size else 0)
     n_items = n_items or df.attrs.get("n_items") or (next(iter(features.values())).shape[0] if features
                                                      else (int(items.max()) + 1 if items.size else 0))
