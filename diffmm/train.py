@@ -37,9 +37,19 @@ RESUMABLE_SETTINGS = ("epochs", "patience", "progress", "threads", "device", "ev
 
 
 def data_signature(dataset: RecDataset) -> dict:
-    """What identifies the data a model was trained on, as far as a checkpoint can tell."""
+    """What identifies the data a model was trained on: its sizes and a fingerprint of its splits and features
+    (a re-split or other features give another)."""
     return {"name": dataset.name, "users": dataset.n_users, "items": dataset.n_items,
-            "train interactions": int(dataset.train.nnz)}
+            "train interactions": int(dataset.train.nnz), "fingerprint": dataset.fingerprint()}
+
+
+def data_changes(saved: dict | None, dataset: RecDataset) -> list[str]:
+    """'data.field: old -> new' where ``dataset`` is not the data of a checkpoint's signature ``saved``
+    (checkpoints written before 2026-12-02 hold no fingerprint: their sizes are compared)."""
+    current = data_signature(dataset)
+    if saved is not None and "fingerprint" not in saved:
+        current.pop("fingerprint")
+    return changed_settings(None if saved is None else {"data": saved}, {"data": current})
 
 
 def changed_settings(saved: dict | None, current: dict) -> list[str]:
@@ -191,6 +201,7 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch = 0
         self.best: dict = {"epoch": 0, "value": -math.inf, "valid": {}, "test": {}}
+        self._data_signature: dict | None = None  # see run_signature
         self.run_id = uuid.uuid4().hex[:12]
         if resume and self.out_dir and (self.out_dir / "last.pt").exists():
             self.load_state(self.out_dir / "last.pt")
@@ -348,9 +359,11 @@ class Trainer:
     def run_signature(self) -> dict:
         """What a checkpoint must match to be resumed: model, its config, the data, and the training
         settings except :data:`RESUMABLE_SETTINGS`."""
+        if self._data_signature is None:  # hashed once: the data does not change under a trainer
+            self._data_signature = data_signature(self.dataset)
         return {"model": type(self.model).__name__, "model_config": self.model.config.to_dict(),
                 "train": {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_SETTINGS},
-                "data": data_signature(self.dataset)}
+                "data": self._data_signature}
 
     @staticmethod
     def _save(path: Path, payload: dict) -> None:
@@ -375,7 +388,10 @@ class Trainer:
         # on the CPU: the RNG states must stay there; weights and optimiser states are copied to the
         # device of the parameters they are loaded into
         state = load_checkpoint(path)
-        changed = changed_settings(state.get("signature"), self.run_signature())
+        saved = state.get("signature")
+        changed = [] if saved is None else (  # the data apart: a checkpoint without a fingerprint
+            changed_settings(saved, {k: v for k, v in self.run_signature().items() if k != "data"})
+            + data_changes(saved.get("data"), self.dataset))
         if changed:  # resuming would report the old run under the new settings
             raise CheckpointError(f"{path}: this run directory holds a run with other settings ({'; '.join(changed)}); "
                              f"only {', '.join(RESUMABLE_SETTINGS)} may change on resume. Start over with --fresh "

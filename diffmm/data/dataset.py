@@ -130,6 +130,22 @@ class RecDataset:
                               stacklevel=2)
 
     # ---------------------------------------------------------------- summary
+    def fingerprint(self) -> str:
+        """sha256 over the three splits' CSR structure and every modality's feature bytes (16 hex digits)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for split in SPLITS:
+            matrix = self.split(split)
+            h.update(split.encode())
+            h.update(np.asarray(matrix.shape, np.int64).tobytes())
+            h.update(np.ascontiguousarray(matrix.indptr, np.int64).tobytes())
+            h.update(np.ascontiguousarray(matrix.indices, np.int64).tobytes())
+        for name in sorted(self.item_features):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.item_features[name], np.float32).tobytes())
+        return h.hexdigest()[:16]
+
     def user_activity(self) -> np.ndarray:
         """Number of training interactions per user, shape (n_users,)."""
         return np.diff(self.train.indptr)

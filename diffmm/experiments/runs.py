@@ -210,13 +210,13 @@ def load_run(run_dir: str | Path, dataset: RecDataset) -> tuple[torch.nn.Module,
     (the checkpoint's data signature is checked; a mismatch names both). A DiffMM model comes back with
     the generated graphs of its selected epoch (``model.generated``). The checkpoint is read as data.
     """
-    from diffmm.train import changed_settings, data_signature
+    from diffmm.train import data_changes
 
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir / "config.json")
     best = load_checkpoint(run_dir / "best.pt")
     if "signature" in best:  # checkpoints of earlier versions have none: load_state_dict checks shapes
-        changed = changed_settings({"data": best["signature"]["data"]}, {"data": data_signature(dataset)})
+        changed = data_changes(best["signature"]["data"], dataset)
         if changed:
             raise ValueError(f"{run_dir / 'best.pt'} was trained on other data ({'; '.join(changed)}): "
                              "give the dataset it was trained on")

@@ -72,21 +72,6 @@ def record_path(root: str | Path, dataset: str, config: RunConfig) -> Path:
     return Path(root) / dataset / f"{config.model}-{run_key(dataset, config)}.json"
 
 
-def data_fingerprint(dataset) -> str:
-    """sha256 over the three splits' CSR structure and every modality's feature bytes (16 hex digits)."""
-    h = hashlib.sha256()
-    for split in ("train", "valid", "test"):
-        matrix = dataset.split(split)
-        h.update(split.encode())
-        h.update(np.asarray(matrix.shape, np.int64).tobytes())
-        h.update(np.ascontiguousarray(matrix.indptr, np.int64).tobytes())
-        h.update(np.ascontiguousarray(matrix.indices, np.int64).tobytes())
-    for name in sorted(dataset.item_features):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(dataset.item_features[name], np.float32).tobytes())
-    return h.hexdigest()[:16]
-
-
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """The package version and, when running from a git checkout, its commit (and whether ``diffmm/`` had
@@ -146,7 +131,7 @@ def make_record(dataset, config: RunConfig, result, device: str, threads: int, c
         "record_version": RECORD_VERSION,
         "key": run_key(dataset.name, config),
         "dataset": dataset.name,
-        "data": {"fingerprint": data_fingerprint(dataset), "users": dataset.n_users, "items": dataset.n_items,
+        "data": {"fingerprint": dataset.fingerprint(), "users": dataset.n_users, "items": dataset.n_items,
                  "train": int(dataset.train.nnz), "modalities": sorted(dataset.item_features)},
         "model": config.model,
         "seed": config.train.seed,
