@@ -28,7 +28,8 @@ from diffmm.config import ConfigBase, DiffMMConfig, TrainConfig, UnknownFieldErr
 from diffmm.data.dataset import RecDataset
 from diffmm.evaluate import export_topk
 from diffmm.models import MODELS, build_model
-from diffmm.train import Callback, FitResult, Trainer, load_checkpoint
+from diffmm.checkpoints import load_checkpoint
+from diffmm.train import Callback, FitResult, Trainer
 from diffmm.utils import atomic_path, atomic_write_text, exclusive_directory
 
 if TYPE_CHECKING:  # pandas loads on first use: training never imports it (~33 MiB of RSS)
@@ -210,7 +211,7 @@ def load_run(run_dir: str | Path, dataset: RecDataset) -> tuple[torch.nn.Module,
     (the checkpoint's data signature is checked; a mismatch names both). A DiffMM model comes back with
     the generated graphs of its selected epoch (``model.generated``). The checkpoint is read as data.
     """
-    from diffmm.train import data_changes
+    from diffmm.checkpoints import data_changes
 
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir / "config.json")
