@@ -327,12 +327,12 @@ class DiffMMConfig(ConfigBase):
                 raise ValueError(f"DiffMMConfig.{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 <= self.forward_steps <= self.steps:
             raise ValueError(f"DiffMMConfig.forward_steps must be in [0, steps={self.steps}]")
-        # Eq. 3 must add noise at every step: beta_t > 0
-        if not (0 < self.noise_scale <= 1 and 0 < self.noise_min < 1 and 0 < self.noise_max < 1
-                and (self.noise_min < self.noise_max or (self.steps == 1 and self.noise_min == self.noise_max))):
-            raise ValueError("DiffMMConfig needs 0 < noise_scale <= 1 and 0 < noise_min < noise_max < 1 (Eq. 3 "
-                             f"adds noise at each of the {self.steps} steps), got noise_scale={self.noise_scale}, "
-                             f"noise_min={self.noise_min}, noise_max={self.noise_max}")
+        from diffmm.diffusion import linear_schedule
+
+        try:  # the schedule's own check, before any model is built
+            linear_schedule(self.steps, self.noise_scale, self.noise_min, self.noise_max)
+        except ValueError as error:
+            raise ValueError(f"DiffMMConfig: {error}") from None
         self.denoiser_hidden = tuple(int(h) for h in self.denoiser_hidden)
         self.modality_order = tuple(str(m) for m in self.modality_order)
         if len(set(self.modality_order)) != len(self.modality_order):

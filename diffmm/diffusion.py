@@ -24,9 +24,11 @@ def linear_schedule(steps: int, noise_scale: float, noise_min: float, noise_max:
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if not (0 <= noise_scale <= 1 and 0 < noise_min < 1 and 0 < noise_max < 1 and noise_min <= noise_max):
-        raise ValueError(f"need 0 <= noise_scale <= 1 and 0 < noise_min <= noise_max < 1, "
-                         f"got {noise_scale}, {noise_min}, {noise_max}")
+    # every step must add noise (beta_t > 0): gamma_bar has to fall strictly from step to step
+    if not (0 < noise_scale <= 1 and 0 < noise_min < 1 and 0 < noise_max < 1
+            and (noise_min < noise_max or (steps == 1 and noise_min == noise_max))):
+        raise ValueError(f"Eq. 3 needs 0 < noise_scale <= 1 and 0 < noise_min < noise_max < 1 (noise at each of the "
+                         f"{steps} steps), got noise_scale={noise_scale}, noise_min={noise_min}, noise_max={noise_max}")
     one_minus_bar = noise_scale * np.linspace(noise_min, noise_max, steps, dtype=np.float64)  # Eq. 3
     bar = 1.0 - one_minus_bar
     betas = np.empty(steps, dtype=np.float64)
