@@ -142,6 +142,7 @@ class Trainer:
         self.run_id = uuid.uuid4().hex[:12]
         if resume and self.out_dir and (self.out_dir / "last.pt").exists():
             self.load_state(self.out_dir / "last.pt")
+            self._complete_best()
 
     # ----------------------------------------------------------- evaluation
     def evaluate(self, split: str, return_topk: bool = False) -> EvalResult:
@@ -211,8 +212,10 @@ class Trainer:
         while self.model.trainable and self.epoch < cfg.epochs and not stop:
             self.epoch += 1
             record = {"epoch": self.epoch, **self.train_epoch()}
+            new_best = None
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                best_test_result = self._validate(record) or best_test_result
+                new_best = self._validate(record)
+                best_test_result = new_best or best_test_result
             record["elapsed_s"] = time.perf_counter() - start
             record["cpu_s"] = time.process_time() - cpu_start
             record.update(hwm_eval_mib=memory.peak_rss_mib(), rss_mib=memory.rss_mib())
@@ -222,6 +225,8 @@ class Trainer:
                 stop = bool(cb.on_epoch_end(self, record)) or stop
             if self.out_dir:
                 self.save_state(self.out_dir / "last.pt")
+                if new_best is not None:  # after last.pt: a run stopped between the two is completed on resume
+                    self._save_best(new_best)
         if not self.model.trainable:  # nothing to train: one evaluation is the result
             record = {"epoch": 0}
             best_test_result = self._validate(record)
@@ -249,13 +254,29 @@ class Trainer:
         value = valid.metrics[self.config.metric]
         if value > self.best["value"]:
             self.best = {"epoch": record["epoch"], "value": value, "valid": valid.metrics, "test": test.metrics}
-            if self.out_dir:
-                self._save(self.out_dir / "best.pt", {"model": self.model.state_dict(), "epoch": record["epoch"],
-                                                      "valid": valid.metrics, "test": test.metrics,
-                                                      "test_result": _eval_state(test),
-                                                      "signature": self.run_signature(), "run_id": self.run_id})
             return test
         return None
+
+    def _save_best(self, test: EvalResult) -> None:
+        """best.pt: the weights of the best epoch so far (the current ones) and its test evaluation."""
+        self._save(self.out_dir / "best.pt", {"model": self.model.state_dict(), "epoch": self.best["epoch"],
+                                              "valid": self.best["valid"], "test": self.best["test"],
+                                              "test_result": _eval_state(test),
+                                              "signature": self.run_signature(), "run_id": self.run_id})
+
+    def _complete_best(self) -> None:
+        """On resume: write best.pt if the run stopped after last.pt and before best.pt of its best epoch.
+
+        best.pt is written after last.pt, so the only gap a stop can leave is a best epoch that last.pt
+        ends on; last.pt then holds that epoch's weights, and its test evaluation is redone (it draws no
+        random numbers, so the resumed run continues exactly).
+        """
+        path = self.out_dir / "best.pt"
+        if self.best["epoch"] == 0 or self.best["epoch"] != self.epoch:
+            return
+        if path.exists() and load_checkpoint(path, mmap=True).get("epoch") == self.epoch:
+            return
+        self._save_best(self.evaluate("test", return_topk=True))
 
     def _patience_exhausted(self) -> bool:
         cfg = self.config
@@ -270,7 +291,13 @@ class Trainer:
         else (checkpoints written before 2026-12-01) re-evaluated with the best weights swapped in."""
         if not (self.out_dir and (self.out_dir / "best.pt").exists()):
             return None
-        stored = load_checkpoint(self.out_dir / "best.pt", mmap=True).get("test_result")  # the weights stay unread
+        state = load_checkpoint(self.out_dir / "best.pt", mmap=True)  # the weights stay unread
+        if state.get("epoch") != self.best["epoch"]:  # written before best.pt followed last.pt (2026-12-02)
+            raise CheckpointError(
+                f"{self.out_dir / 'best.pt'}: holds epoch {state.get('epoch')}, but this run's best validation epoch "
+                f"is {self.best['epoch']} (the run was stopped between writing best.pt and last.pt, and its "
+                "resumed epochs took another course); start over with --fresh")
+        stored = state.get("test_result")
         if stored is not None:
             return _eval_result(stored, self.out_dir / "best.pt")
         current = copy.deepcopy(self.model.state_dict())  # tensors, and any extra state (DiffMM's graphs)

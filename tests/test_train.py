@@ -296,3 +296,34 @@ def test_a_finished_run_reads_its_best_epoch_from_best_pt_and_names_a_bad_one(da
     torch.save(state, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="best.pt: entry 'test_result'"):
         run(data, config, tmp_path)
+
+
+def test_a_run_stopped_between_last_pt_and_best_pt_completes_best_pt_on_resume(data, tmp_path):
+    from diffmm.checkpoints import CheckpointError
+
+    cfg = TrainConfig(epochs=3, progress=False, batch_size=256, seed=3, device="cpu")
+    seed_everything(3)
+    full = Trainer(build_model("lightgcn", data), data, cfg).fit()
+    seed_everything(3)
+    first = Trainer(build_model("lightgcn", data), data, cfg.replace(epochs=1), out_dir=tmp_path).fit()
+    (tmp_path / "best.pt").unlink()  # stopped after last.pt of epoch 1 (the best so far), before best.pt
+    again = Trainer(build_model("lightgcn", data), data, cfg.replace(epochs=1), out_dir=tmp_path, resume=True).fit()
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+    assert again.epochs_run == 1 and again.test == first.test
+    pd.testing.assert_frame_equal(again.test_result.per_user, first.test_result.per_user)
+    # the test evaluation redone on resume draws no random numbers: the run continues exactly
+    (tmp_path / "best.pt").unlink()
+    resumed = Trainer(build_model("lightgcn", data), data, cfg, out_dir=tmp_path, resume=True).fit()
+    np.testing.assert_allclose(resumed.history["train_loss"], full.history["train_loss"], rtol=1e-5)
+    assert resumed.best_epoch == full.best_epoch and resumed.test == pytest.approx(full.test)
+    # a best.pt of an epoch the run no longer has (stopped between the two files by an earlier version,
+    # the resumed epochs taking another course) is refused, not reported under the kept epoch's metrics
+    stopped = cfg.replace(epochs=200, patience=2, lr=0.05)
+    seed_everything(7)
+    early = Trainer(build_model("mf", data), data, stopped, out_dir=tmp_path / "early").fit()
+    assert early.best_epoch < early.epochs_run
+    state = torch.load(tmp_path / "early" / "best.pt", weights_only=True)
+    state["epoch"] = early.best_epoch + 1
+    torch.save(state, tmp_path / "early" / "best.pt")
+    with pytest.raises(CheckpointError, match=f"best.pt: holds epoch {early.best_epoch + 1}.*--fresh"):
+        Trainer(build_model("mf", data), data, stopped, out_dir=tmp_path / "early", resume=True).fit()
