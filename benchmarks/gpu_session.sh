@@ -9,6 +9,7 @@
 # diffmm is imported from the checkout, not installed; plotting libraries are not needed). In order,
 # each step bounded so that the whole call ends within BUDGET seconds:
 #   1. `bench`: one TikTok epoch by phase on the GPU, fp32                        -> $OUT/bench.json
+#      and again with the CPU's chunk sizes (DIFFMM_DEVICE_CHUNK_BYTES=0)    -> $OUT/bench_cpu_chunks.json
 #   2. `bench --sweep`: runs/hour of 1, 4, 8 and 16 concurrent TikTok runs sharing the GPU
 #                                                                                 -> $OUT/sweep.json
 #   3. `reproduce --train-only` with the N that finishes most runs in the time left: the paper's
@@ -32,6 +33,9 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 log "1. one epoch by phase"
 timeout 120 $PY -m diffmm bench --data tiktok --epochs 3 --device $DEVICE 2>&1 | tee -a "$OUT/log.txt" \
   | tail -n 1 > "$OUT/bench.json"
+log "1b. the same with the CPU's chunk sizes (InfoNCE, denoiser batches): what one chunk saves"
+DIFFMM_DEVICE_CHUNK_BYTES=0 timeout 120 $PY -m diffmm bench --data tiktok --epochs 3 --device $DEVICE 2>&1 \
+  | tee -a "$OUT/log.txt" | tail -n 1 > "$OUT/bench_cpu_chunks.json"
 
 log "2. concurrent runs sharing the GPU"
 timeout $(($(left) / 2)) $PY -m diffmm bench --sweep --data tiktok --epochs 2 --device $DEVICE --runs $RUNS \

@@ -26,10 +26,11 @@ import math
 import torch
 from torch.nn import functional as F
 
+from diffmm import memory
 from diffmm.dense import aligned_empty
 
 LOG2_E, LN_2 = math.log2(math.e), math.log(2.0)
-CHUNK_BYTES = 4 << 20  # a logits chunk of ~4 MiB stays in cache (TikTok users: 112 rows)
+CHUNK_BYTES = 4 << 20  # on CPU a logits chunk of ~4 MiB stays in cache (TikTok users: 112 rows)
 ROW_MULTIPLE = 16  # anchors are padded to a multiple of this: the products see a few shapes, not one per batch
 
 
@@ -52,7 +53,8 @@ class LogSumExpProduct(torch.autograd.Function):
         a_low = F.pad((a.detach() * LOG2_E).to(dtype), (0, 0, 0, pad))
         o_low = o.detach().to(dtype)
         o_t = o_low.T.contiguous()  # (d, N): the forward product runs ~1.5x faster on this layout
-        chunk = max(1, CHUNK_BYTES // (4 * max(1, o.shape[0])) // ROW_MULTIPLE) * ROW_MULTIPLE
+        budget = memory.chunk_bytes(a.device.type, CHUNK_BYTES)  # on a GPU: usually one chunk
+        chunk = max(1, budget // (4 * max(1, o.shape[0])) // ROW_MULTIPLE) * ROW_MULTIPLE
         acc = torch.float64 if dtype == torch.float64 else torch.float32  # exponentials and sums
         weights = F.pad(weights.to(acc), (0, pad))[:, None]
         total = torch.zeros((), dtype=acc, device=a.device)

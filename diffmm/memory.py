@@ -32,6 +32,16 @@ MMAP_THRESHOLD_BYTES = GENERATOR_CHUNK_BYTES * 3 // 4
 # (two in-process interleaved runs, 2 threads) for ~30 MiB more peak RSS; the generator phase is unchanged.
 TRIM_THRESHOLD_BYTES = 64 << 20
 TRIM_EVERY_STEPS = 8  # BPR steps between heap trims (each trim costs a little; the steps fragment the heap)
+# On a GPU, chunks exist only to bound memory: there is no cache to stay in, and each chunk costs a dozen
+# kernel launches, which a step of small kernels is bound by. Chunked loops (InfoNCE's log-sum-exp, the
+# denoisers' batches) take this budget there instead of their CPU one. ``DIFFMM_DEVICE_CHUNK_BYTES``
+# overrides it; 0 gives every device the CPU's chunks (to time the difference).
+DEVICE_CHUNK_BYTES = int(os.environ.get("DIFFMM_DEVICE_CHUNK_BYTES", 1 << 30))
+
+
+def chunk_bytes(device_type: str, cpu_bytes: int) -> int:
+    """The size of a chunked loop's blocks on a device of ``device_type`` ('cpu', 'cuda', ...)."""
+    return cpu_bytes if device_type == "cpu" or DEVICE_CHUNK_BYTES <= 0 else DEVICE_CHUNK_BYTES
 
 
 def configure() -> None:

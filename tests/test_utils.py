@@ -87,3 +87,12 @@ def test_freed_step_buffers_stay_until_the_explicit_trim():
     kept, after_trim = map(float, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                                  check=True).stdout.split())
     assert kept > 20 and after_trim < kept - 16, (kept, after_trim)  # 24 MB freed; 128 KiB: ~10 MB kept
+
+
+def test_chunked_loops_take_cpu_sized_chunks_on_cpu_only(monkeypatch):
+    from diffmm import memory
+
+    assert memory.chunk_bytes("cpu", 4 << 20) == 4 << 20  # cache-sized
+    assert memory.chunk_bytes("cuda", 4 << 20) == memory.DEVICE_CHUNK_BYTES >= 256 << 20  # memory-sized
+    monkeypatch.setattr(memory, "DEVICE_CHUNK_BYTES", 0)  # DIFFMM_DEVICE_CHUNK_BYTES=0: the CPU's everywhere
+    assert memory.chunk_bytes("cuda", 4 << 20) == 4 << 20
