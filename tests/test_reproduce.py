@@ -316,10 +316,10 @@ def test_shared_points_are_declared_once():
     per_analysis = table.set_index("analysis")["runs"]
     assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 18
     # the defaults' point (3 seeds) is in all five DiffMM analyses but trained once
-    # 73 runs of the paper's analyses, and 35 of the searches not shared with Table 2 or each other (MF's L2:
+    # 73 runs of the paper's analyses, and 44 of the searches not shared with Table 2 or each other (MF's L2:
     # 4; VBPR's three passes: L2 with E free 5, lambda_E 4, L2 again 4; LightGCN's L2: 6; BM3's dropout: 6, lambda: 3,
-    # layers: 2; LATTICE's graphs: 1)
-    assert len(missing) == len({j.key for j in missing}) == 108
+    # layers: 2; LATTICE's graphs: 1, learning rate: 3; LightGCN-M's L2: 6)
+    assert len(missing) == len({j.key for j in missing}) == 117
     assert sum(j.config.model == "diffmm" for j in missing) == 54
 
 
@@ -360,10 +360,14 @@ def test_searched_settings_are_the_ones_the_protocols_use():
         (field,) = analysis.x
         model = analysis.points[0].model
         protocol = declared.PROTOCOLS[analysis.dataset][model]
-        used = build_run_config(model, protocol.preset, protocol.values).model_config
+        config = build_run_config(model, protocol.preset, protocol.values)
+
+        def used(name):  # a setting of the model's config or of the training's (e.g. lr)
+            return getattr(config.model_config if hasattr(config.model_config, name) else config.train, name)
+
         fixed = {k: v for k, v in analysis.points[0].values.items() if k != field}
         runs = tables.run_frame(analysis, records)
-        if any(getattr(used, k) != v for k, v in fixed.items()) or len(runs) < len(analysis.points):
+        if any(used(k) != v for k, v in fixed.items()) or len(runs) < len(analysis.points):
             continue
         best = runs.loc[runs["recall@20"].idxmax(), field]
         assert field in protocol.values, f"{analysis.id}: the protocol does not set {field}"

@@ -218,6 +218,8 @@ BM3_DROPOUT_GRID = (0.0, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
 BM3_L2_GRID = (1e-3, 1e-2, 0.1, 1.0)  # lambda on the authors' (||H_u|| + ||H_i||) / n_items
 BM3_LAYERS_GRID = (1, 2, 3)
 LATTICE_GRAPHS = ("code", "paper")  # its authors' code's graphs, or the paper's form (LATTICEConfig.graphs)
+LATTICE_LR_GRID = (1e-4, 5e-4, 1e-3, 5e-3)  # MMRec's LATTICE grid (its authors' code: 5e-4, batch 1024)
+LATTICE_L2_GRID = (0.0, 1e-5, 1e-4, 1e-3)  # MMRec's LATTICE grid (its authors' code: 1e-5)
 
 
 def fusion_ratio(dataset: str, seeds: tuple[int, ...] = SEEDS2) -> Analysis:
@@ -253,7 +255,10 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("tiktok", "bm3", "dropout", BM3_DROPOUT_GRID, "BM3", fixed={"l2": 0.1, "layers": 1}),
     search("tiktok", "bm3", "l2", BM3_L2_GRID, "BM3", fixed={"dropout": 0.0, "layers": 1}),
     search("tiktok", "bm3", "layers", BM3_LAYERS_GRID, "BM3", fixed={"dropout": 0.0, "l2": 0.1}),
-    search("tiktok", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE"),
+    # LATTICE, coordinate-wise: the form of its graphs, then the learning rate (the baselines' batch of 2,048)
+    search("tiktok", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE", fixed={"lr": 1e-3, "l2": 1e-5}),
+    search("tiktok", "lattice", "lr", LATTICE_LR_GRID, "LATTICE", fixed={"graphs": "paper", "l2": 1e-5}),
+    search("tiktok", "lightgcn-m", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN-M"),
     comparison("tiktok", PAPER_TABLE2_TIKTOK, TIKTOK_NOTE),
     sparsity("tiktok"),
     ablation("tiktok", PAPER_TABLE3_TIKTOK),
@@ -277,7 +282,10 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("ml100k", "bm3", "dropout", BM3_DROPOUT_GRID, "BM3", fixed={"l2": 0.1, "layers": 1}),
     search("ml100k", "bm3", "l2", BM3_L2_GRID, "BM3", fixed={"dropout": 0.7, "layers": 1}),
     search("ml100k", "bm3", "layers", BM3_LAYERS_GRID, "BM3", fixed={"dropout": 0.7, "l2": 0.1}),
-    search("ml100k", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE"),
+    # LATTICE, coordinate-wise: the form of its graphs, then the learning rate (the baselines' batch of 2,048)
+    search("ml100k", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE", fixed={"lr": 1e-3, "l2": 1e-5}),
+    search("ml100k", "lattice", "lr", LATTICE_LR_GRID, "LATTICE", fixed={"graphs": "paper", "l2": 1e-5}),
+    search("ml100k", "lightgcn-m", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN-M"),
     comparison("ml100k", note="MovieLens-100k with text + genre modalities; no paper numbers"),
     ablation("ml100k"),
     fusion_ratio("ml100k", SEEDS3),
