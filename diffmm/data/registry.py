@@ -127,7 +127,8 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         licence="TikTok micro-video data as redistributed by the DiffMM authors (HKUDS/DiffMM) for "
                 "non-commercial research use only; cite the DiffMM paper and the original TikTok source.",
         description="DiffMM's TikTok split: 9308 users x 6710 items, visual + acoustic 128-d features "
-                    "(the text modality is not published: results are 'TikTok (V+A)')."),
+                    "(the authors' repository also lists a text_feat.npy, which this copy lacks: results are "
+                    "'TikTok (V+A)'; with it in a folder beside these files, --data <folder> reads three modalities)."),
     DatasetSpec(
         name="baby", format="diffmm",
         files=_files(f"{_DIFFMM_RAW}/baby",
@@ -137,7 +138,7 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         licence="Amazon product review data (McAuley et al.) for research use only, as redistributed "
                 "by the DiffMM authors (HKUDS/DiffMM); cite the Amazon review dataset and DiffMM.",
         description="DiffMM's Amazon-Baby split, interactions only: 19445 users x 7050 items "
-                    "(its image and text features are not published)."),
+                    "(the authors' repository also lists image and text features, which this copy lacks)."),
     DatasetSpec(
         name="ml100k", format="mmrec", reader=read_ml100k,
         files=_files(_ML100K_RAW,

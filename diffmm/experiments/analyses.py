@@ -241,7 +241,7 @@ def tau_lambda1(dataset: str) -> Analysis:
                     claim="The best (tau, lambda1) is dataset-specific; on TikTok tau = 0.5, lambda1 = 0.01.")
 
 
-TIKTOK_NOTE = ("TikTok here has image + audio (the text features were never published); test metrics of the "
+TIKTOK_NOTE = ("TikTok here has image + audio (the paper's text features are not in this copy); test metrics of the "
                "validation-selected epoch (the paper selects on test)")
 # in the order a sweep trains them: the comparison and ablations first, Table 4's nine cells last
 ANALYSES: dict[str, Analysis] = {a.id: a for a in (

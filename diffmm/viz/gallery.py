@@ -109,7 +109,7 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
 
 # What we think explains a result that differs from the paper's, per dataset (shown beside such a verdict).
 EXPLAIN = {
-    "tiktok": "our TikTok has image + audio only (its text features were never published); we take the epoch "
+    "tiktok": "our TikTok has image + audio only (the paper's text features are not in our copy); we take the epoch "
               "chosen on validation, the paper the best test epoch",
     "ml100k": "the paper has no MovieLens numbers: DiffMM runs with the settings its authors tuned for TikTok "
               "(only its message-passing layers and lambda2 chosen on validation here), on a dense dataset "
