@@ -40,8 +40,9 @@ class Protocol:
 BM3_WHY = ("its authors' code (features fine-tuned, alignment weight 2); dropout, lambda and layers chosen on "
            "validation one at a time; early stop after 20 validations")
 
-LATTICE_WHY = ("its paper's settings (diffmm.config), features fine-tuned as in its authors' code; the form of its "
-               "graphs (its paper's or its authors' code's) chosen on validation; early stop after 20 validations")
+LATTICE_WHY = ("its paper's model, features fine-tuned as in its authors' code; chosen on validation one setting at a "
+               "time: the form of its graphs (its paper's or its authors' code's), then the learning rate at the "
+               "baselines' batch of 2,048 (MMRec's grid); early stop after 20 validations")
 
 # The paper's settings where they exist (the authors' README commands: tiktok preset, 50 epochs, no early
 # stop); the baselines with the defaults of diffmm.config, MF's L2 chosen on TikTok's validation split.
@@ -58,7 +59,7 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
         "lightgcn-m": Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
                                                           "20 validations"),
-        "lattice": Protocol(None, {"graphs": "paper", "progress": False}, LATTICE_WHY),
+        "lattice": Protocol(None, {"graphs": "paper", "lr": 1e-3, "progress": False}, LATTICE_WHY),
         "bm3": Protocol(None, {"dropout": 0.0, "l2": 0.1, "layers": 1, "progress": False}, BM3_WHY),
         "vbpr": Protocol(None, {"l2": 1e-2, "projection_l2": 0.1, "progress": False},
                          "its paper's model; chosen on validation one setting at a time: L2 1e-3 (E free), then "
@@ -258,6 +259,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     # LATTICE, coordinate-wise: the form of its graphs, then the learning rate (the baselines' batch of 2,048)
     search("tiktok", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE", fixed={"lr": 1e-3, "l2": 1e-5}),
     search("tiktok", "lattice", "lr", LATTICE_LR_GRID, "LATTICE", fixed={"graphs": "paper", "l2": 1e-5}),
+    search("tiktok", "lattice", "l2", LATTICE_L2_GRID, "LATTICE", fixed={"graphs": "paper", "lr": 1e-3}),
     search("tiktok", "lightgcn-m", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN-M"),
     comparison("tiktok", PAPER_TABLE2_TIKTOK, TIKTOK_NOTE),
     sparsity("tiktok"),
