@@ -526,3 +526,16 @@ def test_crowded_tick_labels_are_left_blank():
     assert _spaced_labels(np.array([0.0, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9])) == ["0", "", "0.1", "0.3", "0.5", "0.7", "0.9"]
     assert _spaced_labels(np.array([1e-4, 1e-3, 1e-2]), log=True) == ["0.0001", "0.001", "0.01"]
     assert _spaced_labels(np.array([1.0])) == ["1"]
+
+
+def test_a_search_finding_names_a_tie_for_the_best_value():
+    from pathlib import Path
+
+    from diffmm.experiments import analyses, tables
+    from diffmm.experiments.store import load_records
+    from diffmm.viz.gallery import finding
+
+    analysis = analyses.ANALYSES["tiktok/search_lattice_lr"]  # validation Recall@20 0.0980 at lr 1e-3 and 5e-3
+    records = load_records(Path(__file__).resolve().parents[1] / "figures" / "results", "tiktok")
+    text = finding(analysis, tables.run_frame(analysis, records), records)
+    assert "highest at lr = 0.001 (0.0980; tied with 0.005, the first in the grid is kept)" in text
