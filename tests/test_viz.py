@@ -528,7 +528,7 @@ def test_crowded_tick_labels_are_left_blank():
     assert _spaced_labels(np.array([1.0])) == ["1"]
 
 
-def test_a_search_finding_names_a_tie_for_the_best_value():
+def test_a_search_keeps_the_setting_without_it_on_a_tie_and_its_finding_says_so():
     from pathlib import Path
 
     from diffmm.experiments import analyses, tables
@@ -538,4 +538,7 @@ def test_a_search_finding_names_a_tie_for_the_best_value():
     analysis = analyses.ANALYSES["tiktok/search_lattice_lr"]  # validation Recall@20 0.0980 at lr 1e-3 and 5e-3
     records = load_records(Path(__file__).resolve().parents[1] / "figures" / "results", "tiktok")
     text = finding(analysis, tables.run_frame(analysis, records), records)
-    assert "highest at lr = 0.001 (0.0980; tied with 0.005, the first in the grid is kept)" in text
+    assert "highest at lr = 0.001 (0.0980; tied with 0.005, the setting without the search is kept)" in text
+    analysis = analyses.ANALYSES["tiktok/search_lightgcn-m_l2"]  # 0.1000 at 1e-6 and 1e-5; the default 1e-4 lower
+    text = finding(analysis, tables.run_frame(analysis, records), records)
+    assert "highest at l2 = 1e-06 (0.1000; tied with 1e-05, the first in the grid is kept)" in text

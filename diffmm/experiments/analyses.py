@@ -204,7 +204,8 @@ def search(dataset: str, model: str, field_name: str, values: tuple, label: str,
 
     Several settings are searched one at a time (coordinate-wise): each pass fixes the others at the values
     it was run with. The pass whose ``fixed`` values are the protocol's is the current one, and its best
-    value is the one :data:`PROTOCOLS` uses (checked against the store by the tests)."""
+    value (``tables.search_choice``; a tie keeps the setting without the search) is the one :data:`PROTOCOLS`
+    uses (checked against the store by the tests)."""
     given = "".join(f", {k} = {value_label(v)}" for k, v in (fixed or {}).items())
     note = ("validation Recall@20 of the selected epoch, seed 421; settings searched one at a time, the protocol "
             "takes the best value of the pass run at its other settings" if fixed else

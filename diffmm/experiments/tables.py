@@ -10,13 +10,14 @@ validation metric, for a search: ``Analysis.split``); points without stored runs
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from diffmm.data.card import activity_groups, group_edges
-from diffmm.experiments.analyses import Analysis
+from diffmm.experiments.analyses import PROTOCOLS, Analysis
+from diffmm.experiments.runs import build_run_config
 from diffmm.experiments.store import run_key
 
 METRICS = ("recall@20", "ndcg@20")
@@ -45,6 +46,22 @@ def run_frame(analysis: Analysis, records: dict[str, dict]) -> pd.DataFrame:
     columns = ["label", "model", *analysis.x, "seed", "key", "best_epoch", "epochs", "wall_s", "epoch_s",
                "peak_rss_mib", "peak_gpu_mib", *[f"{p}{m}" for m in METRICS for p in ("", "late ", "optimistic ")]]
     return pd.DataFrame(rows, columns=columns)
+
+
+def search_choice(analysis: Analysis, runs: pd.DataFrame, metric: str = "recall@20") -> tuple[Any, list, bool]:
+    """What a search's stored runs choose: (value, the other values tied with it, whether it is the default).
+
+    The best validation ``metric``; among tied values the setting the model has without the search (its
+    protocol's preset and defaults), so a tie changes nothing, else the first in the grid.
+    """
+    (field,) = analysis.x
+    model = analysis.points[0].model
+    best = runs[metric].max()
+    tied = list(dict.fromkeys(runs.loc[runs[metric] == best, field]))  # grid order
+    config = build_run_config(model, PROTOCOLS[analysis.dataset][model].preset, {})
+    default = getattr(config.model_config if hasattr(config.model_config, field) else config.train, field)
+    choice = default if default in tied else tied[0]
+    return choice, [v for v in tied if v != choice], choice == default
 
 
 def point_table(analysis: Analysis, runs: pd.DataFrame) -> pd.DataFrame:

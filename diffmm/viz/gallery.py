@@ -17,7 +17,7 @@ import pandas as pd
 
 from diffmm.experiments.analyses import Analysis, value_label
 from diffmm.experiments.store import LATE_FROM, LATE_TO
-from diffmm.experiments.tables import EQUAL_GROUPS, group_table, point_table, run_frame
+from diffmm.experiments.tables import EQUAL_GROUPS, group_table, point_table, run_frame, search_choice
 
 DATASET_TITLES = {"tiktok": "TikTok (DiffMM's split, image + audio)",
                   "ml100k": "MovieLens-100k (every rating an interaction; text + genre)"}
@@ -68,9 +68,10 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
             return f"Only {field} = {value_label(t[field].iloc[0])} has runs so far: Recall@20 {t[m].iloc[0]:.4f}."
         best = t.loc[t[m].idxmax()]
         if analysis.split != "test":
-            tied = [value_label(x) for x, v in zip(t[field], t[m]) if v == best[m] and x != best[field]]
-            tie = f"; tied with {', '.join(tied)}, the first in the grid is kept" if tied else ""
-            return (f"Validation Recall@20 is highest at {field} = {value_label(best[field])} ({best[m]:.4f}{tie}); "
+            choice, tied, default = search_choice(analysis, runs, metric)
+            rule = "the setting without the search is kept" if default else "the first in the grid is kept"
+            tie = f"; tied with {', '.join(value_label(x) for x in tied)}, {rule}" if tied else ""
+            return (f"Validation Recall@20 is highest at {field} = {value_label(choice)} ({best[m]:.4f}{tie}); "
                     + ", ".join(f"{v:.4f} at {value_label(x)}" for x, v in zip(t[field], t[m])) + ".")
         ends = f"{t[m].iloc[0]:.4f} at {field} = {t[field].iloc[0]:g} and {t[m].iloc[-1]:.4f} at {t[field].iloc[-1]:g}"
         late = t[f"late {m}"]
