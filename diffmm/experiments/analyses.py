@@ -42,7 +42,7 @@ BM3_WHY = ("its authors' code (features fine-tuned, alignment weight 2); dropout
 
 LATTICE_WHY = ("its paper's model, features fine-tuned as in its authors' code; chosen on validation one setting at a "
                "time: the form of its graphs (its paper's or its authors' code's), then the learning rate at the "
-               "baselines' batch of 2,048 (MMRec's grid); early stop after 20 validations")
+               "baselines' batch of 2,048, then L2 (MMRec's grids); early stop after 20 validations")
 
 # The paper's settings where they exist (the authors' README commands: tiktok preset, 50 epochs, no early
 # stop); the baselines with the defaults of diffmm.config, MF's L2 chosen on TikTok's validation split.
