@@ -82,7 +82,7 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         "popularity": Protocol(None, {"progress": False}, "training-interaction counts"),
         "lightgcn-m": Protocol(None, {"progress": False}, "its paper's settings (diffmm.config), early stop after "
                                                           "20 validations"),
-        "lattice": Protocol(None, {"graphs": "paper", "progress": False}, LATTICE_WHY),
+        "lattice": Protocol(None, {"graphs": "paper", "lr": 1e-3, "progress": False}, LATTICE_WHY),
         "bm3": Protocol(None, {"dropout": 0.7, "l2": 0.1, "layers": 1, "progress": False}, BM3_WHY),
         "vbpr": Protocol(None, {"l2": 1e-4, "projection_l2": 0.01, "progress": False},
                          "its paper's model; chosen on validation one setting at a time: L2 1e-4 (E free), then "
@@ -289,6 +289,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     # LATTICE, coordinate-wise: the form of its graphs, then the learning rate (the baselines' batch of 2,048)
     search("ml100k", "lattice", "graphs", LATTICE_GRAPHS, "LATTICE", fixed={"lr": 1e-3, "l2": 1e-5}),
     search("ml100k", "lattice", "lr", LATTICE_LR_GRID, "LATTICE", fixed={"graphs": "paper", "l2": 1e-5}),
+    search("ml100k", "lattice", "l2", LATTICE_L2_GRID, "LATTICE", fixed={"graphs": "paper", "lr": 1e-3}),
     search("ml100k", "lightgcn-m", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN-M"),
     comparison("ml100k", note="MovieLens-100k with text + genre modalities; no paper numbers"),
     ablation("ml100k"),
