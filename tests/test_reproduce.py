@@ -60,7 +60,7 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
         "table2_comparison", "fig2_sparsity", "table3_ablation", "table4_tau_lambda1", "fig3a_lambda0",
         "fig3b_omega", "fig4_fusion_ratio", "search_mf_l2", "search_vbpr_l2", "search_vbpr_projection_l2",
         "search_vbpr_l2_given_projection_l2", "search_lightgcn_l2", "search_bm3_dropout", "search_bm3_l2", "search_bm3_layers",
-        "search_lattice_graphs"}
+        "search_lattice_graphs", "search_lattice_lr", "search_lattice_l2", "search_lightgcn-m_l2"}
     for analysis in analyses.values():
         for suffix in (".png", ".pdf", ".html", ".csv"):
             path = full / "figures" / declared.QUICK_DATA / f"{analysis.name}{suffix}"
@@ -74,16 +74,17 @@ def test_every_quick_analysis_runs_end_to_end(full, capsys):
             assert (table["seeds"] == 1).all() and table["recall@20 mean"].between(0, 1).all()
     # shared points are one run: 8 comparison runs + 3 ablations + 8 + 4 + 4 + 5 new points, and the runs
     # of the searches that Table 2 and the other passes do not share: MF's L2 4; VBPR's L2 with E free 5,
-    # lambda_E 4, L2 again 4; LightGCN's L2 6; BM3's dropout 6, lambda 3, layers 2; LATTICE's graphs 1
+    # lambda_E 4, L2 again 4; LightGCN's L2 6; BM3's dropout 6, lambda 3, layers 2; LATTICE's graphs 1,
+    # learning rate 3, L2 3; LightGCN-M's L2 6
     records = load_records(full / "store")
-    assert len(records) == 67
+    assert len(records) == 79
     for record in (r for r in records.values() if r["model"] == "diffmm"):  # the case-study measures, per modality
         generation = record["generation"]["modalities"]
         assert set(generation) == set(record["data"]["modalities"])
         assert all(0 <= g["seen_share"]["generated"] <= 1 for g in generation.values())
     capsys.readouterr()
     assert quick(full, "--status") == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 67, "missing": 0,
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"done": 79, "missing": 0,
                                                                            "estimated_hours": 0.0}
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from diffmm.experiments.analyses import QUICK_DATA, Analysis
+from diffmm.experiments.analyses import QUICK_DATA, Analysis, value_label
 from diffmm.experiments.store import LATE_FROM, LATE_TO
 from diffmm.experiments.tables import (EQUAL_GROUPS, METRICS, PAPER_EDGES, csv_table, group_table, point_table,
                                        run_frame)
@@ -28,7 +28,17 @@ NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "msi_weight": "lambda0 
          "omega": "omega (weight of Norm(H_0))", "fusion_ratio": "fusion ratio rho", "temperature": "tau",
          "cl_weight": "lambda1", "l2": "L2 weight", "projection_l2": "L2 weight of the projection E (lambda_E)",
          "graphs": "graphs (authors' code / paper)"}
-LOG_AXES = {"msi_weight", "l2", "projection_l2"}  # fields whose values span orders of magnitude
+LOG_AXES = {"msi_weight", "l2", "projection_l2", "lr"}  # fields whose values span orders of magnitude
+
+
+def _axis(t: pd.DataFrame, field: str) -> str:
+    """'category' for named values, and for a log-spaced grid that holds 0 (a log axis cannot show it:
+    its values are drawn evenly spaced); else 'log' for :data:`LOG_AXES`, 'linear' otherwise."""
+    if not pd.api.types.is_numeric_dtype(t[field]):
+        return "category"
+    if field in LOG_AXES:
+        return "log" if (t[field] > 0).all() else "category"
+    return "linear"
 
 
 def _metric_name(analysis: Analysis, m: str) -> str:
@@ -165,7 +175,8 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
 
     (field,) = analysis.x
     t = table.sort_values(field)
-    categories = not pd.api.types.is_numeric_dtype(t[field])  # e.g. a search over named variants
+    axis = _axis(t, field)
+    categories = axis == "category"  # e.g. a search over named variants
     xs = np.arange(len(t), dtype=float) if categories else t[field].to_numpy(float)
     mean, std = t[f"{m} mean"].to_numpy(float), t[f"{m} std"].to_numpy(float)
     color = sns.color_palette()[0]
@@ -183,13 +194,14 @@ def _line_panel(ax, analysis: Analysis, table: pd.DataFrame, runs: pd.DataFrame,
     if not runs.empty:
         at = runs[field].map(dict(zip(t[field], xs))) if categories else runs[field]
         ax.scatter(at, runs[m], color="0.15", s=10, zorder=3, label="one seed")
-    if field in LOG_AXES and not categories:
+    if axis == "log":
         ax.set_xscale("log")
         ax.set_xlim(xs.min() / 1.5, xs.max() * 1.5)
     else:
         pad = 0.5 if categories else 0.05 * (xs.max() - xs.min() or 1)
         ax.set_xlim(xs.min() - pad, xs.max() + pad)
-    ax.set_xticks(xs, list(t[field]) if categories else _spaced_labels(xs, log=field in LOG_AXES))
+    labels = [value_label(v) for v in t[field]] if categories else _spaced_labels(xs, log=axis == "log")
+    ax.set_xticks(xs, labels)
     ax.minorticks_off()
     if not np.isfinite(mean).any():
         ax.text(0.5, 0.5, "no runs stored yet", transform=ax.transAxes, ha="center", color="0.4")
@@ -285,9 +297,7 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
                                              name=f"mean over epochs {LATE_FROM}-{LATE_TO}", legendgroup="late", showlegend=show,
                                              line=dict(color=palette[2], dash="dash")), 1, col)
                 x_runs = runs[field] if not runs.empty else []
-                kind = ("category" if not pd.api.types.is_numeric_dtype(t[field])
-                        else "log" if field in LOG_AXES else "linear")
-                fig.update_xaxes(title_text=NAMES.get(field, field), type=kind, row=1, col=col)
+                fig.update_xaxes(title_text=NAMES.get(field, field), type=_axis(t, field), row=1, col=col)
             else:
                 fig.add_trace(go.Bar(x=table["label"], y=table[f"{m} mean"], name="this toolkit (mean +- std)",
                                      legendgroup="ours", showlegend=show, marker_color=palette[0],
