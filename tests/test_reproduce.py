@@ -361,11 +361,7 @@ def test_searched_settings_are_the_ones_the_protocols_use():
         (field,) = analysis.x
         model = analysis.points[0].model
         protocol = declared.PROTOCOLS[analysis.dataset][model]
-        config = build_run_config(model, protocol.preset, protocol.values)
-
-        def used(name):  # a setting of the model's config or of the training's (e.g. lr)
-            return getattr(config.model_config if hasattr(config.model_config, name) else config.train, name)
-
+        used = build_run_config(model, protocol.preset, protocol.values).setting
         fixed = {k: v for k, v in analysis.points[0].values.items() if k != field}
         runs = tables.run_frame(analysis, records)
         if any(used(k) != v for k, v in fixed.items()) or len(runs) < len(analysis.points):

@@ -73,6 +73,10 @@ class RunConfig:
             raise UnknownFieldError(f"RunConfig: unknown field(s) {unknown}; known fields: ['model', 'model_config', 'train']")
         return cls(**values)
 
+    def setting(self, name: str) -> Any:
+        """A setting by name, of the model's config or else of the training's (e.g. ``l2``, ``lr``)."""
+        return getattr(self.model_config if hasattr(self.model_config, name) else self.train, name)
+
     def replace(self, **changes) -> "RunConfig":
         """A copy with fields replaced, e.g. ``config.replace(train=config.train.replace(seed=1))``."""
         return dataclasses.replace(self, **changes)

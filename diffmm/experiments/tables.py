@@ -58,8 +58,7 @@ def search_choice(analysis: Analysis, runs: pd.DataFrame, metric: str = "recall@
     model = analysis.points[0].model
     best = runs[metric].max()
     tied = list(dict.fromkeys(runs.loc[runs[metric] == best, field]))  # grid order
-    config = build_run_config(model, PROTOCOLS[analysis.dataset][model].preset, {})
-    default = getattr(config.model_config if hasattr(config.model_config, field) else config.train, field)
+    default = build_run_config(model, PROTOCOLS[analysis.dataset][model].preset, {}).setting(field)
     choice = default if default in tied else tied[0]
     return choice, [v for v in tied if v != choice], choice == default
 

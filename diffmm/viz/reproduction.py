@@ -27,7 +27,7 @@ from diffmm.experiments.tables import (EQUAL_GROUPS, METRICS, PAPER_EDGES, csv_t
 NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "msi_weight": "lambda0 (MSI weight)",
          "omega": "omega (weight of Norm(H_0))", "fusion_ratio": "fusion ratio rho", "temperature": "tau",
          "cl_weight": "lambda1", "l2": "L2 weight", "projection_l2": "L2 weight of the projection E (lambda_E)",
-         "graphs": "graphs (authors' code / paper)"}
+         "graphs": "graphs (authors' code / paper)", "lr": "learning rate"}
 LOG_AXES = {"msi_weight", "l2", "projection_l2", "lr"}  # fields whose values span orders of magnitude
 
 
