@@ -116,6 +116,12 @@ def cores_used(jobs: int = 1, threads: int | None = None) -> int:
     return max(1, min(cores, jobs * threads))
 
 
+def estimated_hours(missing: Sequence[Job], jobs: int = 1, threads: int | None = None) -> float:
+    """Wall-clock hours to train ``missing`` here: their core-seconds (:func:`cost_s`) over the cores that
+    ``jobs`` runs of ``threads`` threads keep busy."""
+    return sum(j.cost_s for j in missing) / 3600 / cores_used(jobs, threads)
+
+
 def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1,
            threads: int | None = None) -> tuple[pd.DataFrame, dict]:
     """The per-analysis table and the summary line {done, missing, estimated_hours} (runs counted once).
@@ -125,7 +131,7 @@ def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 
     """
     table, missing = plan(analyses, store)
     all_keys = {run_key(a.dataset, c) for a in analyses for _, _, c in a.runs()}
-    hours = sum(j.cost_s for j in missing) / 3600 / cores_used(jobs, threads)
+    hours = estimated_hours(missing, jobs, threads)
     summary = {"done": len(all_keys) - len(missing), "missing": len(missing), "estimated_hours": round(hours, 2)}
     return table, summary
 
