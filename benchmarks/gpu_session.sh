@@ -3,7 +3,8 @@
 #
 #   DATA=<folder with tiktok/ and ml100k/> OUT=<folder> [BUDGET=540] bash benchmarks/gpu_session.sh
 #
-# (DEVICE=cpu RUNS=1 ONLY=<analyses> run the same steps on a CPU: a check of the script itself.)
+# A check of the script itself, in seconds on a CPU (tests/test_bench.py runs it): DEVICE=cpu RUNS=1
+# BENCH_DATA=synthetic-small STORE=<empty folder> REPRODUCE_ARGS=--quick ONLY=<a quick analysis>.
 #
 # Runs from the repository root with the machine's python3 (CUDA PyTorch, numpy, scipy, pandas, tqdm;
 # diffmm is imported from the checkout, not installed; plotting libraries are not needed). In order,
@@ -21,6 +22,7 @@
 set -uo pipefail
 : "${DATA:?set DATA to a folder holding tiktok/ and ml100k/}" "${OUT:?set OUT}"
 BUDGET=${BUDGET:-540} DEVICE=${DEVICE:-cuda} RUNS=${RUNS:-1,4,8,16} ONLY=${ONLY:-}
+BENCH_DATA=${BENCH_DATA:-tiktok} STORE=${STORE:-figures/results} REPRODUCE_ARGS=${REPRODUCE_ARGS:-}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 DIFFMM_DATA=$DATA
 start=$(date +%s)
@@ -31,17 +33,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$OUT/log.txt"
 
 log "1. one epoch by phase"
-timeout 120 $PY -m diffmm bench --data tiktok --epochs 3 --device $DEVICE 2>&1 | tee -a "$OUT/log.txt" \
+timeout 120 $PY -m diffmm bench --data $BENCH_DATA --epochs 3 --device $DEVICE 2>&1 | tee -a "$OUT/log.txt" \
   | tail -n 1 > "$OUT/bench.json"
 log "1b. the same with the CPU's chunk sizes (InfoNCE, denoiser batches): what one chunk saves"
-DIFFMM_DEVICE_CHUNK_BYTES=0 timeout 120 $PY -m diffmm bench --data tiktok --epochs 3 --device $DEVICE 2>&1 \
+DIFFMM_DEVICE_CHUNK_BYTES=0 timeout 120 $PY -m diffmm bench --data $BENCH_DATA --epochs 3 --device $DEVICE 2>&1 \
   | tee -a "$OUT/log.txt" | tail -n 1 > "$OUT/bench_cpu_chunks.json"
 
 log "2. concurrent runs sharing the GPU"
-timeout $(($(left) / 2)) $PY -m diffmm bench --sweep --data tiktok --epochs 2 --device $DEVICE --runs $RUNS \
+timeout $(($(left) / 2)) $PY -m diffmm bench --sweep --data $BENCH_DATA --epochs 2 --device $DEVICE --runs $RUNS \
   2>&1 | tee -a "$OUT/log.txt" | tail -n 1 > "$OUT/sweep.json"
 
-ls figures/results/*/*.json > "$OUT/.before" 2>/dev/null
+(cd "$STORE" 2>/dev/null && ls */*.json) > "$OUT/.before" 2>/dev/null
 remaining=$(($(left) - 30))  # 30 s to pack the records
 jobs=$($PY - "$OUT/sweep.json" "$remaining" <<'EOF'
 import json, sys
@@ -58,10 +60,10 @@ EOF
 )
 log "3. reproduce --train-only --jobs $jobs for ${remaining} s"
 timeout "$remaining" $PY -m diffmm reproduce --train-only --device "$DEVICE" --jobs "$jobs" --data-root "$DATA" \
-  --work /tmp/diffmm-work --no-progress ${ONLY:+--only "$ONLY"} 2>&1 | tee -a "$OUT/log.txt"
+  --work "${WORK:-/tmp/diffmm-work}" --store "$STORE" --no-progress ${ONLY:+--only "$ONLY"} $REPRODUCE_ARGS 2>&1 | tee -a "$OUT/log.txt"
 
-ls figures/results/*/*.json 2>/dev/null | sort | comm -13 <(sort "$OUT/.before") - > "$OUT/new.txt"
+(cd "$STORE" 2>/dev/null && ls */*.json) | sort | comm -13 <(sort "$OUT/.before") - > "$OUT/new.txt"
 log "$(wc -l < "$OUT/new.txt") new records"
-[ -s "$OUT/new.txt" ] && sed 's|^figures/results/||' "$OUT/new.txt" | tar czf "$OUT/results.tgz" -C figures/results -T -
+[ -s "$OUT/new.txt" ] && tar czf "$OUT/results.tgz" -C "$STORE" -T "$OUT/new.txt"
 rm -f "$OUT/.before"
 log "done"

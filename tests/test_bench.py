@@ -153,3 +153,33 @@ def test_sweep_bench_reports_runs_per_hour_from_concurrent_children():
         assert len(r["epochs_s"]) == r["jobs"] and all(s > 0 for s in r["epochs_s"])
         assert r["runs_per_hour"] == pytest.approx(3600 * r["jobs"] / (r["epoch_s"] * 50))
     assert max(r["relative"] for r in rows) == 1.0
+
+
+def test_gpu_session_script_measures_trains_and_packs_new_records(tmp_path):
+    """benchmarks/gpu_session.sh is meant for one scarce call on a borrowed GPU: its CPU check mode runs
+    every step (bench both ways, the sweep bench, reproduce --train-only) and packs only the new records."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    store, out = tmp_path / "store", tmp_path / "out"
+    old = sorted((repo / "figures" / "results" / "ml100k").glob("mf-*.json"))[0]
+    (store / "ml100k").mkdir(parents=True)
+    (store / "ml100k" / old.name).write_bytes(old.read_bytes())  # already there: not packed
+    env = {**os.environ, "DATA": str(tmp_path / "data"), "OUT": str(out), "DEVICE": "cpu", "RUNS": "1",
+           "BENCH_DATA": "synthetic-small", "STORE": str(store), "REPRODUCE_ARGS": "--quick",
+           "ONLY": "synthetic-small/search_lattice_graphs", "WORK": str(tmp_path / "work"), "BUDGET": "400",
+           "PY": sys.executable}
+    subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=repo, env=env, check=True,
+                   capture_output=True, timeout=600)
+    for name in ("bench.json", "bench_cpu_chunks.json"):
+        assert json.loads((out / name).read_text())["epoch_s"] > 0
+    assert [r["jobs"] for r in json.loads((out / "sweep.json").read_text())["sweep"]] == [1]
+    new = (out / "new.txt").read_text().split()
+    assert len(new) == 2 and all(n.startswith("synthetic-small/lattice-") for n in new)
+    with tarfile.open(out / "results.tgz") as packed:
+        assert sorted(packed.getnames()) == sorted(new)
