@@ -28,7 +28,7 @@ export PYTHONUNBUFFERED=1 DIFFMM_DATA=$DATA
 start=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - start))); }
 log() { echo "[$(($(date +%s) - start)) s] $*" | tee -a "$OUT/log.txt"; }
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: tar reads $OUT/new.txt after -C
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/log.txt" || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$OUT/log.txt"
 
