@@ -324,6 +324,14 @@ def test_shared_points_are_declared_once():
     assert sum(j.config.model == "diffmm" for j in missing) == 54
 
 
+def test_a_notebook_asks_for_analyses_by_name_and_hears_which_its_dataset_lacks():
+    names = ["fig4_fusion_ratio", "fig3a_lambda0"]
+    assert [a.id for a in declared.for_dataset("tiktok", names)] == ["tiktok/fig4_fusion_ratio", "tiktok/fig3a_lambda0"]
+    assert [a.dataset for a in declared.for_dataset("ml100k", names, quick=True)] == [declared.QUICK_DATA] * 2
+    with pytest.warns(UserWarning, match="ml100k does not declare fig3a_lambda0; it declares table2_comparison"):
+        assert [a.id for a in declared.for_dataset("ml100k", names)] == ["ml100k/fig4_fusion_ratio"]
+
+
 def test_each_analysis_trains_a_seed_of_every_point_first_the_cheapest_first(monkeypatch):
     cost = {"popularity": 1.0, "mf": 2.0, "lightgcn": 5.0, "diffmm": 100.0}
     monkeypatch.setattr(reproduce, "cost_s", lambda dataset, model, records: cost.get(model, 10.0))

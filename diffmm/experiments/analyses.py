@@ -14,9 +14,10 @@ Protocols (how each model is trained on each dataset) live in :data:`PROTOCOLS`;
 from __future__ import annotations
 
 import itertools
+import warnings
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -334,3 +335,19 @@ def quick_analyses() -> dict[str, Analysis]:
                                 "note": f"quick variant: synthetic data, {QUICK_EPOCHS} epochs, one seed"})
         quick[quick_one.id] = quick_one
     return quick
+
+
+def for_dataset(dataset: str, names: Sequence[str], quick: bool = False) -> list[Analysis]:
+    """The analyses ``<dataset>/<name>`` for ``names`` that ``dataset`` declares, in that order (``quick``: the
+    toy variants of :func:`quick_analyses`, whose dataset is :data:`QUICK_DATA`); a warning names the rest."""
+    pool = quick_analyses() if quick else ANALYSES
+    dataset = QUICK_DATA if quick else dataset
+    chosen = [pool[f"{dataset}/{name}"] for name in names if f"{dataset}/{name}" in pool]
+    if len(chosen) < len(names):
+        left = [n for n in names if f"{dataset}/{n}" not in pool]
+        own = [a for a in pool.values() if a.dataset == dataset]
+        figures = [a.name for a in own if a.split == "test"]
+        searches = f" and {len(own) - len(figures)} settings searches (search_*)" if len(own) > len(figures) else ""
+        warnings.warn(f"{dataset} does not declare {', '.join(left)}; it declares {', '.join(figures)}{searches}",
+                      stacklevel=2)
+    return chosen

@@ -5,6 +5,7 @@
     runs = run_frame(analysis, records)
     static_figure(analysis, runs, records), interactive_figure(analysis, runs, records)
     render(analyses, store, out)               # all of it to <out>/<dataset>/<name>.{png,pdf,html,csv}
+    show(analyses, records)                    # in a notebook: claim, finding, figure and table of each
 
 Every point is the mean over its seeds of the test metric at the validation-selected epoch, drawn with
 its seeds and their sample standard deviation; the paper's numbers are drawn beside ours where it
@@ -21,8 +22,8 @@ import pandas as pd
 
 from diffmm.experiments.analyses import QUICK_DATA, Analysis, value_label
 from diffmm.experiments.store import LATE_FROM, LATE_TO
-from diffmm.experiments.tables import (EQUAL_GROUPS, METRICS, PAPER_EDGES, csv_table, group_table, point_table,
-                                       run_frame)
+from diffmm.experiments.tables import (EQUAL_GROUPS, METRICS, PAPER_EDGES, csv_table, display_table, group_table,
+                                       point_table, run_frame)
 
 NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "msi_weight": "lambda0 (MSI weight)",
          "omega": "omega (weight of Norm(H_0))", "fusion_ratio": "fusion ratio rho", "temperature": "tau",
@@ -349,3 +350,22 @@ def render(analyses: Sequence[Analysis], records: dict[str, dict], out: str | Pa
                                                                     div_id=f"{analysis.dataset}-{analysis.name}")
         written += [base.with_suffix(s) for s in (".csv", ".png", ".pdf", ".html")]
     return written
+
+
+def show(analyses: Sequence[Analysis], records: dict[str, dict], out: str | Path | None = None) -> None:
+    """In a notebook: for each analysis the paper's claim, what the stored runs measure, the interactive figure
+    (also written to ``<out>/<dataset>_<name>.html`` when ``out`` is given) and the table behind it."""
+    from IPython.display import Markdown, display
+
+    from diffmm.viz.gallery import finding
+
+    for analysis in analyses:
+        runs = run_frame(analysis, records)
+        display(Markdown(f"### {analysis.title}\n\n**The paper:** {analysis.claim}\n\n"
+                         f"**Measured here:** {finding(analysis, runs, records)}"))
+        fig = interactive_figure(analysis, runs, records)
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            fig.write_html(Path(out) / f"{analysis.dataset}_{analysis.name}.html", include_plotlyjs="cdn")
+        fig.show()
+        display(display_table(analysis, runs, records))  # every number (the .csv beside each figure)
