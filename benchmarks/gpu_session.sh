@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a borrowed GPU machine: measure, then train what the results store lacks.
 #
-#   DATA=<folder with tiktok/ and ml100k/> OUT=<folder> [BUDGET=540] bash benchmarks/gpu_session.sh
+#   DATA=<folder with tiktok/ and ml100k/> OUT=<folder> [BUDGET=540] [BENCH_S=120] bash benchmarks/gpu_session.sh
 #
 # A check of the script itself, in seconds on a CPU (tests/test_bench.py runs it): DEVICE=cpu RUNS=1
 # BENCH_DATA=synthetic-small STORE=<empty folder> REPRODUCE_ARGS=--quick ONLY=<a quick analysis>.
@@ -23,7 +23,7 @@ set -uo pipefail
 : "${DATA:?set DATA to a folder holding tiktok/ and ml100k/}" "${OUT:?set OUT}"
 BUDGET=${BUDGET:-540} DEVICE=${DEVICE:-cuda} RUNS=${RUNS:-1,4,8,16} ONLY=${ONLY:-}
 BENCH_DATA=${BENCH_DATA:-tiktok} STORE=${STORE:-figures/results} REPRODUCE_ARGS=${REPRODUCE_ARGS:-}
-PY=${PY:-python3}
+PY=${PY:-python3} BENCH_S=${BENCH_S:-120}  # each one-epoch bench's bound
 export PYTHONUNBUFFERED=1 DIFFMM_DATA=$DATA
 start=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - start))); }
@@ -33,10 +33,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$OUT/log.txt"
 
 log "1. one epoch by phase"
-timeout 120 $PY -m diffmm bench --data $BENCH_DATA --epochs 3 --device $DEVICE 2>&1 | tee -a "$OUT/log.txt" \
+timeout $BENCH_S $PY -m diffmm bench --data $BENCH_DATA --epochs 3 --device $DEVICE 2>&1 | tee -a "$OUT/log.txt" \
   | tail -n 1 > "$OUT/bench.json"
 log "1b. the same with the CPU's chunk sizes (InfoNCE, denoiser batches): what one chunk saves"
-DIFFMM_DEVICE_CHUNK_BYTES=0 timeout 120 $PY -m diffmm bench --data $BENCH_DATA --epochs 3 --device $DEVICE 2>&1 \
+DIFFMM_DEVICE_CHUNK_BYTES=0 timeout $BENCH_S $PY -m diffmm bench --data $BENCH_DATA --epochs 3 --device $DEVICE 2>&1 \
   | tee -a "$OUT/log.txt" | tail -n 1 > "$OUT/bench_cpu_chunks.json"
 
 log "2. concurrent runs sharing the GPU"

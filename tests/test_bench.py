@@ -173,6 +173,7 @@ def test_gpu_session_script_measures_trains_and_packs_new_records(tmp_path):
     env = {**os.environ, "DATA": str(tmp_path / "data"), "OUT": str(out), "DEVICE": "cpu", "RUNS": "1",
            "BENCH_DATA": "synthetic-small", "STORE": str(store), "REPRODUCE_ARGS": "--quick",
            "ONLY": "synthetic-small/search_lattice_graphs", "WORK": str(tmp_path / "work"), "BUDGET": "400",
+           "BENCH_S": "300",  # a loaded machine must not cut the benches short
            "PY": sys.executable}
     subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=repo, env=env, check=True,
                    capture_output=True, timeout=600)
