@@ -14,8 +14,8 @@ Protocols (how each model is trained on each dataset) live in :data:`PROTOCOLS`;
 from __future__ import annotations
 
 import itertools
-import warnings
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -343,8 +343,8 @@ def for_dataset(dataset: str, names: Sequence[str], quick: bool = False) -> list
     pool = quick_analyses() if quick else ANALYSES
     dataset = QUICK_DATA if quick else dataset
     chosen = [pool[f"{dataset}/{name}"] for name in names if f"{dataset}/{name}" in pool]
-    if len(chosen) < len(names):
-        left = [n for n in names if f"{dataset}/{n}" not in pool]
+    left = [name for name in names if f"{dataset}/{name}" not in pool]
+    if left:
         own = [a for a in pool.values() if a.dataset == dataset]
         figures = [a.name for a in own if a.split == "test"]
         searches = f" and {len(own) - len(figures)} settings searches (search_*)" if len(own) > len(figures) else ""
