@@ -473,7 +473,7 @@ def test_verdict_on_the_comparison_weighs_the_lead_against_noise_and_the_paper()
 
 def test_verdicts_on_ablations_and_trends():
     from diffmm.experiments.analyses import ANALYSES
-    from diffmm.viz.gallery import _each_helps, _falls, _worst_at_largest
+    from diffmm.viz.gallery import _each_helps, _falls, _worse_at_both_ends
 
     ablation = ANALYSES["tiktok/table3_ablation"]
     run = lambda check, analysis, table: check(analysis, table, "recall@20 mean", 0.002, None, None)[0]  # noqa: E731
@@ -492,11 +492,17 @@ def test_verdicts_on_ablations_and_trends():
     assert run(_falls, rho, falling) == "Yes"
     assert run(_falls, rho, verdict_table({"0": 0.100, "0.6": 0.101, "1": 0.100}, "fusion_ratio")) == "Not settled"
     assert run(_falls, rho, verdict_table({"0": 0.09, "1": 0.10}, "fusion_ratio")) == "No"
-    assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.098, "0.5": 0.10, "1": 0.09}, "omega")) == "Yes"
-    assert run(_worst_at_largest, omega, verdict_table({"0.1": 0.08, "0.5": 0.10, "1": 0.099}, "omega")) == "No"
-    # omega = 1 lowest, but level with omega = 0.1 within the noise: not 'worst'
+    both_ends = _worse_at_both_ends
+    assert run(both_ends, omega, verdict_table({"0.1": 0.095, "0.5": 0.10, "1": 0.09}, "omega")) == "Yes"
+    # omega = 0.1 far below omega = 1: the largest is not the worst, and the smallest is worse than the best
+    assert run(both_ends, omega, verdict_table({"0.1": 0.08, "0.5": 0.10, "1": 0.099}, "omega")) == "Partly"
+    # omega = 1 lowest, but level with omega = 0.1 within the noise: 'worst' is not settled, 'worse at 0.1' holds
     tied = verdict_table({"0.1": 0.0901, "0.25": 0.10, "0.5": 0.10, "0.75": 0.10, "1": 0.0900}, "omega")
-    assert run(_worst_at_largest, omega, tied) == "Not settled"
+    status, text = both_ends(omega, tied, "recall@20 mean", 0.002, None, None)
+    assert status == "Partly" and "omega = 0.1: Yes; the worst at 1: Not settled" in text
+    # best at the smallest value and the largest above the others: both halves contradicted or unsupported
+    assert run(both_ends, omega, verdict_table({"0.1": 0.10, "0.5": 0.099, "1": 0.0995}, "omega")) == "Not settled"
+    assert run(both_ends, omega, verdict_table({"0.1": 0.10, "0.5": 0.09, "1": 0.0995}, "omega")) == "No"
     # an exact tie reads +0.0000, never -0.0000
     _, text = _each_helps(ablation, verdict_table({**full, "w/o CL": 0.09, "w/o DM": 0.10, "w/o MSI": 0.11}),
                           "recall@20 mean", 0.002, None, None)
