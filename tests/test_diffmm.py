@@ -121,12 +121,13 @@ def test_info_nce_hand_case():
     tau = 0.5
     # node 0: cosines with other = (1, 0, -1), positive = 1
     loss0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(0) + math.exp(-1 / tau)))
-    assert float(info_nce(anchor, other, torch.tensor([0]), tau)) == pytest.approx(loss0, rel=1e-6)
+    # float32: to the rounding of the log-sum-exp (~2.1 here) that the loss is the difference of
+    assert float(info_nce(anchor, other, torch.tensor([0]), tau)) == pytest.approx(loss0, abs=3e-7)
     # node 2: a = (1, 1)/sqrt2, cosines (1/sqrt2, 1/sqrt2, -1/sqrt2), positive = the third
     c = 1 / math.sqrt(2)
     loss2 = -math.log(math.exp(-c / tau) / (2 * math.exp(c / tau) + math.exp(-c / tau)))
     got = float(info_nce(anchor, other, torch.tensor([0, 2]), tau))
-    assert got == pytest.approx((loss0 + loss2) / 2, rel=1e-6)
+    assert got == pytest.approx((loss0 + loss2) / 2, abs=3e-7)
     # scale-invariant (cosine similarity)
     assert float(info_nce(5 * anchor, 0.1 * other, torch.tensor([0, 2]), tau)) == pytest.approx(got, rel=1e-5)
 
@@ -147,12 +148,14 @@ def test_l2_normalize_equals_f_normalize_values_and_gradients():
     assert torch.autograd.gradcheck(l2_normalize, (x[[0, 3, 4, 5]].detach().requires_grad_(),))
 
 
-@pytest.mark.parametrize("chunk_rows, row_multiple", [(1, 1), (7, 1), (64, 1), (10, 5), (64, 16)])
-def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_rows, row_multiple):
-    """The fused, chunked (and zero-padded) log-sum-exp gives the loss and both gradients of explicit float64 logits."""
+@pytest.mark.parametrize("chunk_rows, row_multiple, tau", [(1, 1, 0.2), (7, 1, 0.2), (64, 1, 0.2), (10, 5, 0.2),
+                                                            (64, 16, 0.2), (7, 1, 0.01), (64, 16, 0.01)])
+def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_rows, row_multiple, tau):
+    """The fused, chunked (and zero-padded) log-sum-exp gives the loss and both gradients of explicit float64 logits,
+    with exponentials taken as they are (tau = 0.2) or after subtracting each row's maximum (tau = 0.01: up to 2^144)."""
     import diffmm.contrastive as contrastive
 
-    n, d, tau = 50, 8, 0.2
+    n, d = 50, 8
     monkeypatch.setattr(contrastive, "CHUNK_BYTES", 4 * n * chunk_rows)  # chunks of ``chunk_rows`` anchors
     monkeypatch.setattr(contrastive, "ROW_MULTIPLE", row_multiple)  # 16 distinct anchors, padded to 20 with 5
     gen = torch.Generator().manual_seed(0)
@@ -177,6 +180,8 @@ def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_row
     assert float(single.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     for t, w in zip(f32, want):
         torch.testing.assert_close(t.grad.double(), w, rtol=1e-5, atol=1e-6)
+    if tau < 0.1:  # bfloat16 logits of up to 1 / tau = 100 carry errors of ~0.5: not a comparison
+        return
     # bfloat16 products: close to the float64 result, with float32 gradients
     a32, o32 = anchor.detach().float().requires_grad_(), other.detach().float().requires_grad_()
     low = info_nce(a32, o32, nodes, tau, torch.bfloat16)
