@@ -21,7 +21,9 @@ and the (batch, nodes) matrix is written and read about half as often as by
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -38,33 +40,20 @@ ROW_MULTIPLE = 16  # anchors are padded to a multiple of this: the products see 
 class LogSumExpProduct(torch.autograd.Function):
     """sum_n w_n logsumexp_v (a @ o^T)_{n v} for a: (B, d), o: (N, d), w: (B,); a scalar, with a fused backward.
 
+    ``blocks``: (anchor rows, candidate rows) per block, in order, when the rows form groups that are
+    contrasted only within themselves (users against users, items against items): each block's anchors
+    take the log-sum-exp over their own block's candidates. None: one block, every anchor against all of ``o``.
     ``dtype`` is the precision of the three products (float32 or bfloat16; float64 for tests);
-    the exponentials, sums and gradient accumulators are at least float32.
+    the exponentials, sums and gradient accumulators are at least float32. ``bound``: a bound on
+    |a_n . o_v| when the caller knows one (else computed from the norms).
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, o: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype = torch.float32,
-                bound: float | None = None):
+                bound: float | None = None, blocks: tuple[tuple[int, int], ...] | None = None):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        # zero-weight padding rows add nothing to the sum or the gradients; they bound the number of
-        # distinct product shapes (oneDNN, which runs CPU bf16 products, caches a kernel per shape)
-        rows = a.shape[0]
-        pad = -rows % ROW_MULTIPLE
-        # base-2 logits: exp(x) = 2^(x log2 e), and torch's exp2 runs ~3x faster than its exp on CPU
-        # (0.28 against 0.84 ns an element, AVX-512, 2026-12-01); log2 e is folded into the anchors
-        a_low = F.pad((a.detach() * LOG2_E).to(dtype), (0, 0, 0, pad))
-        o_low = o.detach().to(dtype)
-        o_t = o_low.T.contiguous()  # (d, N): the forward product runs ~1.5x faster on this layout
-        budget = memory.chunk_bytes(a.device.type, CHUNK_BYTES)  # on a GPU: usually one chunk
-        chunk = max(1, budget // (4 * max(1, o.shape[0])) // ROW_MULTIPLE) * ROW_MULTIPLE
+        blocks = blocks or ((a.shape[0], o.shape[0]),)
         acc = torch.float64 if dtype == torch.float64 else torch.float32  # exponentials and sums
-        weights = F.pad(weights.to(acc), (0, pad))[:, None]
-        total = torch.zeros((), dtype=acc, device=a.device)
-        if needs_grad:
-            grad_a = torch.empty(a_low.shape, dtype=acc, device=a.device)
-            grad_o = torch.zeros(o.shape, dtype=acc, device=o.device)
-        # reused by every chunk; rows 64-byte aligned (diffmm.dense; here 0-8% faster, measured 2026-12-01)
-        buffer = aligned_empty(min(chunk, a_low.shape[0]), o.shape[0], acc, a.device)
         # |a_n . o_v| <= max ||a_n|| max ||o_v|| (Cauchy-Schwarz), in natural units. With base-2 logits
         # within +-MAX_UNSHIFTED no shift is needed: 2^logit neither overflows nor underflows, even summed
         # over the nodes, and the row maxima's two passes are saved (the same sums, to float rounding)
@@ -72,38 +61,74 @@ class LogSumExpProduct(torch.autograd.Function):
             bound = float(torch.linalg.vector_norm(a.detach(), dim=1).max() * torch.linalg.vector_norm(
                 o.detach(), dim=1).max()) if len(o) and len(a) else 0.0
         unshifted = bound * LOG2_E <= MAX_UNSHIFTED
-        for start in range(0, a_low.shape[0], chunk):
-            a_c = a_low[start:start + chunk]
-            logits = buffer[:len(a_c)]
-            if dtype == acc:
-                torch.mm(a_c, o_t, out=logits)  # (c, N)
-            else:
-                logits.copy_(a_c @ o_t)
-            if unshifted:
-                shift, probs = 0.0, logits.exp2_()  # in place: exp of the natural logits, from base-2 ones
-            else:
-                shift = logits.amax(1, keepdim=True)
-                probs = logits.sub_(shift).exp2_()  # exp(logits - row max)
-            norm = probs.sum(1, keepdim=True)
-            w = weights[start:start + chunk]
-            total += ((norm.log2() + shift) * w).sum()  # log2-sum-exp2 of the base-2 logits
-            if needs_grad:  # d (w_n lse_n) / d logits_n = w_n softmax row n
-                probs = probs.mul_(w / norm)
-                if dtype == acc:
-                    torch.mm(probs, o_low, out=grad_a[start:start + chunk])
-                    grad_o.addmm_(probs.T, a_c)
-                else:
-                    probs = probs.to(dtype)
-                    grad_a[start:start + chunk] = probs @ o_low
-                    grad_o += (probs.T @ a_c).to(acc)
+        # base-2 logits: exp(x) = 2^(x log2 e), and torch's exp2 runs ~3x faster than its exp on CPU
+        # (0.28 against 0.84 ns an element, AVX-512, 2026-12-01); log2 e is folded into the anchors
+        a_low = (a.detach() * LOG2_E).to(dtype)
+        o_low = o.detach().to(dtype)
+        total = torch.zeros((), dtype=acc, device=a.device)
+        grad_a = torch.empty(a.shape, dtype=acc, device=a.device) if needs_grad else None
+        grad_o = torch.zeros(o.shape, dtype=acc, device=o.device) if needs_grad else None
+        row, col = 0, 0
+        for rows, cols in blocks:
+            total += _block_log_sum_exp(a_low[row:row + rows], o_low[col:col + cols], weights[row:row + rows], acc,
+                                        unshifted, grad_a[row:row + rows] if needs_grad else None,
+                                        grad_o[col:col + cols] if needs_grad else None)
+            row, col = row + rows, col + cols
         if needs_grad:  # grad_o was summed against the base-2 anchors
-            ctx.save_for_backward(grad_a[:rows], grad_o.mul_(LN_2))
+            ctx.save_for_backward(grad_a, grad_o.mul_(LN_2))
         return total * LN_2  # back to natural logarithms
 
     @staticmethod
     def backward(ctx, grad_total):
         grad_a, grad_o = ctx.saved_tensors
-        return grad_a * grad_total, grad_o * grad_total, None, None, None
+        return grad_a * grad_total, grad_o * grad_total, None, None, None, None
+
+
+def _block_log_sum_exp(a: torch.Tensor, o: torch.Tensor, weights: torch.Tensor, acc: torch.dtype, unshifted: bool,
+                       grad_a: torch.Tensor | None, grad_o: torch.Tensor | None) -> torch.Tensor:
+    """sum_n w_n log2-sum-exp2_v (a @ o^T)_{n v} over anchor row chunks, for base-2 anchors ``a`` (B, d) and
+    candidates ``o`` (N, d) in the products' dtype; writes d/da into ``grad_a`` (B, d) and adds d/do (against
+    the base-2 anchors) into ``grad_o`` (N, d) when they are given."""
+    # zero-weight padding rows add nothing to the sum or the gradients; they bound the number of
+    # distinct product shapes (oneDNN, which runs CPU bf16 products, caches a kernel per shape)
+    rows = a.shape[0]
+    pad = -rows % ROW_MULTIPLE
+    a = F.pad(a, (0, 0, 0, pad))
+    weights = F.pad(weights.to(acc), (0, pad))[:, None]
+    o_t = o.T.contiguous()  # (d, N): the forward product runs ~1.5x faster on this layout
+    budget = memory.chunk_bytes(a.device.type, CHUNK_BYTES)  # on a GPU: usually one chunk
+    chunk = max(1, budget // (4 * max(1, o.shape[0])) // ROW_MULTIPLE) * ROW_MULTIPLE
+    total = torch.zeros((), dtype=acc, device=a.device)
+    padded_grad = torch.empty(a.shape, dtype=acc, device=a.device) if grad_a is not None and pad else grad_a
+    # reused by every chunk; rows 64-byte aligned (diffmm.dense; here 0-8% faster, measured 2026-12-01)
+    buffer = aligned_empty(min(chunk, a.shape[0]), o.shape[0], acc, a.device)
+    for start in range(0, a.shape[0], chunk):
+        a_c = a[start:start + chunk]
+        logits = buffer[:len(a_c)]
+        if a.dtype == acc:
+            torch.mm(a_c, o_t, out=logits)  # (c, N)
+        else:
+            logits.copy_(a_c @ o_t)
+        if unshifted:
+            shift, probs = 0.0, logits.exp2_()  # in place: exp of the natural logits, from base-2 ones
+        else:
+            shift = logits.amax(1, keepdim=True)
+            probs = logits.sub_(shift).exp2_()  # exp(logits - row max)
+        norm = probs.sum(1, keepdim=True)
+        w = weights[start:start + chunk]
+        total += ((norm.log2() + shift) * w).sum()  # log2-sum-exp2 of the base-2 logits
+        if grad_a is not None:  # d (w_n lse_n) / d logits_n = w_n softmax row n
+            probs = probs.mul_(w / norm)
+            if a.dtype == acc:
+                torch.mm(probs, o, out=padded_grad[start:start + chunk])
+                grad_o.addmm_(probs.T, a_c)
+            else:
+                probs = probs.to(a.dtype)
+                padded_grad[start:start + chunk] = probs @ o
+                grad_o += (probs.T @ a_c).to(acc)
+    if grad_a is not None and pad:
+        grad_a.copy_(padded_grad[:rows])
+    return total
 
 
 class _L2Normalize(torch.autograd.Function):
@@ -138,17 +163,30 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return _L2Normalize.apply(x, eps)
 
 
-def info_nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor, temperature: float,
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def info_nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor | Sequence[torch.Tensor],
+             temperature: float, dtype: torch.dtype = torch.float32, sizes: Sequence[int] | None = None) -> torch.Tensor:
     """InfoNCE of Eq. 18/19 with cosine similarity and every row of ``other`` as a candidate.
 
     -log exp(s(a_n, o_n)/tau) / sum_v exp(s(a_n, o_v)/tau), averaged over ``nodes`` (repeats included).
     anchor, other: (N, d); nodes: (B,). ``dtype``: precision of the (distinct nodes, N) products.
+
+    ``sizes`` splits the rows into consecutive groups contrasted only within themselves (DiffMM's users and
+    items: ``sizes=(U, I)``); ``nodes`` then holds one tensor per group, with ids counted from the group's
+    first row, and the result is the sum of the groups' losses. One call normalises ``other`` once and
+    gives each input one gradient, where a call per group would slice both inputs and pay a full-size
+    gradient for each slice.
     """
-    unique, counts = torch.unique(nodes, return_counts=True)  # each distinct node once, with its count
-    a = l2_normalize(anchor[unique]) / temperature  # 1/tau folded in before the product
+    if sizes is None:
+        nodes, sizes = [nodes], [other.shape[0]]
+    starts = [0, *itertools.accumulate(sizes)][:-1]
+    distinct = [torch.unique(n, return_counts=True) for n in nodes]  # each distinct node once, with its count
+    rows = torch.cat([ids + start for (ids, _), start in zip(distinct, starts)])
+    # a node's weight in its group's mean: its count over the group's draws
+    weights = torch.cat([counts.to(anchor.dtype) / len(n) for (_, counts), n in zip(distinct, nodes)])
+    a = l2_normalize(anchor[rows]) / temperature  # 1/tau folded in before the product
     o = l2_normalize(other)  # (N, d)
-    positive = (a * o[unique]).sum(-1)  # s(a_n, o_n) / tau
+    positive = (a * o[rows]).sum(-1)  # s(a_n, o_n) / tau
     # rows of unit norm (or zero) times 1 / tau: |a_n . o_v| <= 1 / tau, with room for rounding
-    bound = 1.001 / temperature
-    return (LogSumExpProduct.apply(a, o, counts, dtype, bound) - (counts * positive).sum()) / len(nodes)
+    blocks = tuple((len(ids), size) for (ids, _), size in zip(distinct, sizes))
+    lse = LogSumExpProduct.apply(a, o, weights, dtype, 1.001 / temperature, blocks)
+    return lse - (weights * positive).sum()

@@ -112,10 +112,19 @@ def test_run_bench_report(data):
     assert result["gflops_fp32"] == pytest.approx((before + after) / 2)
     assert result["epoch_over_floor"] == pytest.approx(result["epoch_s"] / result["floor_s"])
     assert result["peak_rss_mb"] > 0 and 0 <= result["valid_recall20"] <= 1
+    assert result["first_epoch_s"] == pytest.approx(result["epoch_s"]) and result["timed_epochs"] == 1  # one epoch
     for phase in ("generator_train", "graph_generation", "recommender", "evaluation"):  # each phase's own rate
         flops = result["flops"][phase] * 1e12
         assert result["phase_gflops"][phase] == pytest.approx(flops / result[f"{phase}_s"] / 1e9)
         assert result["phase_over_floor"][phase] == pytest.approx(result[f"{phase}_s"] * rate / flops)
+
+
+def test_bench_times_the_epochs_after_the_first(data):
+    """The first epoch (optimiser state allocated, buffers first touched) is reported apart from the timed ones."""
+    result = run_bench(data, small_config(), TrainConfig(batch_size=64, device="cpu", ks=(20,)), epochs=3, probe=False)
+    assert result["timed_epochs"] == 2 and result["epochs"] == 3
+    phases = ("generator_train_s", "graph_generation_s", "recommender_s", "evaluation_s")
+    assert result["epoch_s"] == pytest.approx(sum(result[p] for p in phases)) and result["first_epoch_s"] > 0
 
 
 def test_fused_adam_takes_the_same_step_as_plain_adam(data):

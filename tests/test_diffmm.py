@@ -191,6 +191,22 @@ def test_info_nce_chunked_gradients_match_explicit_logits(monkeypatch, chunk_row
     torch.testing.assert_close(a32.grad.double(), want[0], rtol=0.1, atol=5e-3)
 
 
+def test_info_nce_over_groups_is_the_sum_of_each_groups_loss():
+    """Users against users and items against items in one call: the losses and gradients of a call per group."""
+    gen = torch.Generator().manual_seed(1)
+    anchor = torch.randn(30, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    other = torch.randn(30, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    users, items = torch.tensor([0, 3, 3, 11, 5]), torch.tensor([2, 2, 2, 17, 0, 9, 4])  # 12 users, 18 items
+    f64 = torch.float64
+    want = info_nce(anchor[:12], other[:12], users, 0.3, f64) + info_nce(anchor[12:], other[12:], items, 0.3, f64)
+    want_grads = torch.autograd.grad(want, [anchor, other])
+    got = info_nce(anchor, other, (users, items), 0.3, f64, sizes=(12, 18))
+    got_grads = torch.autograd.grad(got, [anchor, other])
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------- Eq. 20-23
 @pytest.fixture(scope="module")
 def tiny():

@@ -181,7 +181,8 @@ class DiffMM(Recommender):
         views = self.contrastive_views(inputs) if use_cl else None
         h, _ = self.encode(inputs)
         del inputs  # the backward pass does not need them: freed before the losses are formed
-        u, i, j = h[users], h[self.n_users + positives], h[self.n_users + negatives]
+        # one gather for the three (one full-size gradient in the backward, not three)
+        u, i, j = h[torch.cat([users, self.n_users + positives, self.n_users + negatives])].split(len(users))
         rec = bpr((u * i).sum(-1), (u * j).sum(-1))  # Eq. 25
         reg = self.user_embedding.square().sum() + self.item_embedding.square().sum()
         losses = {"bpr": rec, "l2": reg}
@@ -192,10 +193,9 @@ class DiffMM(Recommender):
             else:  # Eq. 18 over modality pairs (each unordered pair once, as the authors' code)
                 pairs = [(views[a], views[b]) for k, a in enumerate(self.modalities) for b in self.modalities[k + 1:]]
             U, tau = self.n_users, cfg.temperature
-            # L_cl = L_cl^user + L_cl^item: users contrast with users, items with items
-            dt = self._low_precision
-            cl = sum(info_nce(a[:U], b[:U], users, tau, dt) + info_nce(a[U:], b[U:], positives, tau, dt)
-                     for a, b in pairs)
+            # L_cl = L_cl^user + L_cl^item: users contrast with users, items with items (one call per pair)
+            groups = dict(nodes=(users, positives), sizes=(U, self.n_items), dtype=self._low_precision)
+            cl = sum(info_nce(a, b, temperature=tau, **groups) for a, b in pairs)
             losses["cl"] = cl
             total = total + cfg.cl_weight * cl
         losses["loss"] = total
