@@ -93,6 +93,18 @@ def rss_mib() -> float | None:
     return _status_mib("VmRSS")
 
 
+def available_bytes() -> int | None:
+    """Memory the machine can give new processes without swapping (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def set_threads(threads: int) -> None:
     """torch's CPU threads for this process (0: leave torch's default)."""
     if threads:

@@ -1,7 +1,7 @@
 """Run what the results store is missing for a set of analyses, then draw their figures from the store.
 
     python -m diffmm reproduce --status                  # done / missing per analysis, hours left
-    python -m diffmm reproduce --only tiktok --jobs 1    # train what is missing (resumable), render
+    python -m diffmm reproduce --only tiktok             # train what is missing (resumable), render
     python -m diffmm reproduce --render-only             # redraw every figure from the committed store
 
 Each missing run trains in its own work directory (``runs/reproduce/<dataset>/<model>-<key>/``, with
@@ -9,7 +9,8 @@ Each missing run trains in its own work directory (``runs/reproduce/<dataset>/<m
 unfinished run from its last epoch and redoes nothing that is stored. A finished run's record goes into
 the store (``figures/results/``) atomically, and its work directory is removed.
 
-Executors: ``local`` runs ``--jobs`` worker processes on this machine, the CPU threads split between
+Executors: ``local`` runs ``--jobs`` worker processes on this machine (by default on CPU one
+single-threaded run per core, memory permitting: :func:`default_jobs`), the CPU threads split between
 them (on CUDA, several processes share one GPU); ``ray`` hands the same runs to a Ray cluster. Every
 run trains in a fresh process, so its memory (and the peak its record reports) is its own: nothing of
 the runs before it, or of the figures redrawn between runs, stays behind.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from diffmm import memory
 from diffmm.experiments.runs import RunConfig
 from diffmm.experiments.analyses import Analysis
 from diffmm.utils import DirectoryBusyError, exclusive_directory
@@ -108,21 +110,38 @@ def cost_s(dataset: str, model: str, records) -> float:
     return DEFAULT_COST_S.get((dataset, model), 120.0)
 
 
-def cores_used(jobs: int = 1, threads: int | None = None) -> int:
-    """CPU cores ``jobs`` runs of ``threads`` threads keep busy (threads default: the cores split between them)."""
+RUN_MEMORY_BYTES = 1 << 30  # what --jobs leaves per run: TikTok DiffMM runs peak at 742-860 MiB in a worker
+
+
+def default_jobs(device: str = "cpu") -> int:
+    """Runs at a time when ``--jobs`` is not given. On CPU one single-threaded run per core, as many as the
+    available memory holds at :data:`RUN_MEMORY_BYTES` each: on a 2-core machine two one-thread runs side
+    by side finish 1.14-1.21x the runs an hour of one two-thread run (``bench --sweep``, TikTok DiffMM,
+    2026-12-02), a run's small operators scaling poorly over threads. On a GPU one
+    (``bench --sweep --device cuda`` measures how many share it best)."""
+    if not device.startswith("cpu"):
+        return 1
     cores = os.cpu_count() or 1
-    jobs = max(1, int(jobs))
+    available = memory.available_bytes()
+    return max(1, min(cores, cores if available is None else available // RUN_MEMORY_BYTES))
+
+
+def cores_used(jobs: int | None = None, threads: int | None = None) -> int:
+    """CPU cores ``jobs`` runs of ``threads`` threads keep busy (jobs default: :func:`default_jobs`; threads
+    default: the cores split between them)."""
+    cores = os.cpu_count() or 1
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
     threads = threads or max(1, cores // jobs)
     return max(1, min(cores, jobs * threads))
 
 
-def estimated_hours(missing: Sequence[Job], jobs: int = 1, threads: int | None = None) -> float:
+def estimated_hours(missing: Sequence[Job], jobs: int | None = None, threads: int | None = None) -> float:
     """Wall-clock hours to train ``missing`` here: their core-seconds (:func:`cost_s`) over the cores that
     ``jobs`` runs of ``threads`` threads keep busy."""
     return sum(j.cost_s for j in missing) / 3600 / cores_used(jobs, threads)
 
 
-def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1,
+def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int | None = None,
            threads: int | None = None) -> tuple[pd.DataFrame, dict]:
     """The per-analysis table and the summary line {done, missing, estimated_hours} (runs counted once).
 
@@ -236,7 +255,7 @@ def worker_processes():
 
 
 # ------------------------------------------------------------------------------------ executors
-def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path = WORK, jobs: int = 1,
+def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path = WORK, jobs: int | None = None,
              device: str = "cpu", threads: int | None = None, data_root: str | None = None,
              engine: str = "local", address: str | None = None, keep: bool = False, progress: bool = True,
              callbacks: Sequence = (), on_done: Callable[[str], None] | None = None) -> list[str]:
@@ -248,7 +267,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     if not missing:
         return []
     code = code_version()  # the code that trains, read before any run; every record names it (workers too)
-    jobs = max(1, int(jobs))
+    jobs = default_jobs(device) if jobs is None else max(1, int(jobs))
     if threads is None:  # the cores split between the workers (each worker's torch threads)
         threads = max(1, (os.cpu_count() or 1) // jobs) if device.startswith("cpu") else 1
     bar = tqdm(total=round(sum(j.cost_s for j in missing)), unit="s", disable=not progress,
@@ -304,7 +323,7 @@ def unplanned(analyses: Sequence[Analysis], store: str | Path, datasets: set[str
             for key, r in load_records(store, dataset).items() if key not in declared_keys]
 
 
-def summary_line(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int = 1,
+def summary_line(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int | None = None,
                  threads: int | None = None) -> str:
     return json.dumps(status(analyses, store, jobs, threads)[1])
 
@@ -315,7 +334,9 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--only", help="comma-separated analyses, names or datasets (default: all); e.g. "
                                   "tiktok, table3_ablation, ml100k/fig4_fusion_ratio")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (local: worker processes)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time (local: worker processes; default on CPU: one single-threaded run per core, "
+                        "as many as the free memory holds at 1 GiB each; on a GPU: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--engine", default="local", choices=("local", "ray"))
@@ -343,6 +364,8 @@ def main(args, extra=()) -> int:
 
     if args.render_only and args.train_only:
         raise SystemExit("reproduce: --render-only and --train-only exclude each other")
+    if args.jobs is None:
+        args.jobs = default_jobs(args.device)
     pool = declared.quick_analyses() if args.quick else declared.ANALYSES
     chosen = declared.select(args.only, pool)
     store = Path(args.store or ("runs/quick/results" if args.quick else STORE))
