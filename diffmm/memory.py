@@ -11,6 +11,7 @@ threads a run asks for (:func:`set_threads`). What each setting buys is measured
   BPR step's buffers does not hand their pages back, to be faulted in again by the next step.
 * Heap trims (``malloc_trim``) where a phase ends, and every :data:`TRIM_EVERY_STEPS` BPR steps, so a
   phase's peak does not sit on the previous phase's freed blocks.
+* How many runs a sweep trains at once and with how many threads (:func:`default_jobs`, :func:`cores_used`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,31 @@ def available_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+RUN_MEMORY_BYTES = 1 << 30  # what --jobs leaves per run: TikTok DiffMM runs peak at 742-860 MiB in a worker
+
+
+def default_jobs(device: str = "cpu") -> int:
+    """Runs at a time when ``--jobs`` is not given. On CPU one single-threaded run per core, as many as the
+    available memory holds at :data:`RUN_MEMORY_BYTES` each: on a 2-core machine two one-thread runs side
+    by side finish 1.14-1.21x the runs an hour of one two-thread run (``bench --sweep``, TikTok DiffMM,
+    2026-12-02), a run's small operators scaling poorly over threads. On a GPU one
+    (``bench --sweep --device cuda`` measures how many share it best)."""
+    if not device.startswith("cpu"):
+        return 1
+    cores = os.cpu_count() or 1
+    available = available_bytes()
+    return max(1, min(cores, cores if available is None else available // RUN_MEMORY_BYTES))
+
+
+def cores_used(jobs: int | None = None, threads: int | None = None) -> int:
+    """CPU cores ``jobs`` runs of ``threads`` threads keep busy (jobs default: :func:`default_jobs`; threads
+    default: the cores split between them)."""
+    cores = os.cpu_count() or 1
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    threads = threads or max(1, cores // jobs)
+    return max(1, min(cores, jobs * threads))
 
 
 def set_threads(threads: int) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from diffmm import memory
 from diffmm.cli import main as cli
 from diffmm.experiments import analyses as declared
 from diffmm.experiments import reproduce, tables
@@ -303,10 +304,10 @@ def test_the_time_estimate_counts_core_seconds(monkeypatch):
     assert reproduce.cost_s("d", "mf", records) == 120.0  # the median of the CPU times 150 and 90
     assert reproduce.cost_s("d", "mf", records[1:2]) == 300.0  # without any: wall x threads
     assert reproduce.cost_s("d", "lightgcn", records) == reproduce.DEFAULT_COST_S.get(("d", "lightgcn"), 120.0)
-    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 8)
-    monkeypatch.setattr(reproduce.memory, "available_bytes", lambda: 64 << 30)
-    assert reproduce.cores_used() == 8 and reproduce.cores_used(jobs=3) == 6  # 3 runs x 2 threads
-    assert reproduce.cores_used(jobs=4, threads=4) == 8 and reproduce.cores_used(jobs=2, threads=1) == 2
+    monkeypatch.setattr(memory.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 << 30)
+    assert memory.cores_used() == 8 and memory.cores_used(jobs=3) == 6  # 3 runs x 2 threads
+    assert memory.cores_used(jobs=4, threads=4) == 8 and memory.cores_used(jobs=2, threads=1) == 2
     chosen = declared.select("tiktok/table3_ablation")
     _, one = reproduce.status(chosen, store="/nonexistent", jobs=1, threads=1)
     _, all_cores = reproduce.status(chosen, store="/nonexistent")
@@ -314,15 +315,15 @@ def test_the_time_estimate_counts_core_seconds(monkeypatch):
 
 
 def test_a_sweep_runs_one_single_threaded_run_per_core_as_memory_allows(monkeypatch):
-    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 8)
-    monkeypatch.setattr(reproduce.memory, "available_bytes", lambda: 64 << 30)
-    assert reproduce.default_jobs("cpu") == 8 and reproduce.default_jobs("cuda") == 1
-    monkeypatch.setattr(reproduce.memory, "available_bytes", lambda: 3 * reproduce.RUN_MEMORY_BYTES + 1)
-    assert reproduce.default_jobs("cpu") == 3
-    monkeypatch.setattr(reproduce.memory, "available_bytes", lambda: 100 << 20)  # less than one run's: still one
-    assert reproduce.default_jobs("cpu") == 1
-    monkeypatch.setattr(reproduce.memory, "available_bytes", lambda: None)  # unknown: the cores decide
-    assert reproduce.default_jobs("cpu") == 8
+    monkeypatch.setattr(memory.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 << 30)
+    assert memory.default_jobs("cpu") == 8 and memory.default_jobs("cuda") == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda: 3 * memory.RUN_MEMORY_BYTES + 1)
+    assert memory.default_jobs("cpu") == 3
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100 << 20)  # less than one run's: still one
+    assert memory.default_jobs("cpu") == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)  # unknown: the cores decide
+    assert memory.default_jobs("cpu") == 8
 
 
 def test_shared_points_are_declared_once():

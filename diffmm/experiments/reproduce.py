@@ -10,8 +10,8 @@ unfinished run from its last epoch and redoes nothing that is stored. A finished
 the store (``figures/results/``) atomically, and its work directory is removed.
 
 Executors: ``local`` runs ``--jobs`` worker processes on this machine (by default on CPU one
-single-threaded run per core, memory permitting: :func:`default_jobs`), the CPU threads split between
-them (on CUDA, several processes share one GPU); ``ray`` hands the same runs to a Ray cluster. Every
+single-threaded run per core, memory permitting: :func:`diffmm.memory.default_jobs`), the CPU threads
+split between them (on CUDA, several processes share one GPU); ``ray`` hands the same runs to a Ray cluster. Every
 run trains in a fresh process, so its memory (and the peak its record reports) is its own: nothing of
 the runs before it, or of the figures redrawn between runs, stays behind.
 """
@@ -110,35 +110,10 @@ def cost_s(dataset: str, model: str, records) -> float:
     return DEFAULT_COST_S.get((dataset, model), 120.0)
 
 
-RUN_MEMORY_BYTES = 1 << 30  # what --jobs leaves per run: TikTok DiffMM runs peak at 742-860 MiB in a worker
-
-
-def default_jobs(device: str = "cpu") -> int:
-    """Runs at a time when ``--jobs`` is not given. On CPU one single-threaded run per core, as many as the
-    available memory holds at :data:`RUN_MEMORY_BYTES` each: on a 2-core machine two one-thread runs side
-    by side finish 1.14-1.21x the runs an hour of one two-thread run (``bench --sweep``, TikTok DiffMM,
-    2026-12-02), a run's small operators scaling poorly over threads. On a GPU one
-    (``bench --sweep --device cuda`` measures how many share it best)."""
-    if not device.startswith("cpu"):
-        return 1
-    cores = os.cpu_count() or 1
-    available = memory.available_bytes()
-    return max(1, min(cores, cores if available is None else available // RUN_MEMORY_BYTES))
-
-
-def cores_used(jobs: int | None = None, threads: int | None = None) -> int:
-    """CPU cores ``jobs`` runs of ``threads`` threads keep busy (jobs default: :func:`default_jobs`; threads
-    default: the cores split between them)."""
-    cores = os.cpu_count() or 1
-    jobs = default_jobs() if jobs is None else max(1, int(jobs))
-    threads = threads or max(1, cores // jobs)
-    return max(1, min(cores, jobs * threads))
-
-
 def estimated_hours(missing: Sequence[Job], jobs: int | None = None, threads: int | None = None) -> float:
     """Wall-clock hours to train ``missing`` here: their core-seconds (:func:`cost_s`) over the cores that
     ``jobs`` runs of ``threads`` threads keep busy."""
-    return sum(j.cost_s for j in missing) / 3600 / cores_used(jobs, threads)
+    return sum(j.cost_s for j in missing) / 3600 / memory.cores_used(jobs, threads)
 
 
 def status(analyses: Sequence[Analysis], store: str | Path = STORE, jobs: int | None = None,
@@ -267,7 +242,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
     if not missing:
         return []
     code = code_version()  # the code that trains, read before any run; every record names it (workers too)
-    jobs = default_jobs(device) if jobs is None else max(1, int(jobs))
+    jobs = memory.default_jobs(device) if jobs is None else max(1, int(jobs))
     if threads is None:  # the cores split between the workers (each worker's torch threads)
         threads = max(1, (os.cpu_count() or 1) // jobs) if device.startswith("cpu") else 1
     bar = tqdm(total=round(sum(j.cost_s for j in missing)), unit="s", disable=not progress,
@@ -365,7 +340,7 @@ def main(args, extra=()) -> int:
     if args.render_only and args.train_only:
         raise SystemExit("reproduce: --render-only and --train-only exclude each other")
     if args.jobs is None:
-        args.jobs = default_jobs(args.device)
+        args.jobs = memory.default_jobs(args.device)
     pool = declared.quick_analyses() if args.quick else declared.ANALYSES
     chosen = declared.select(args.only, pool)
     store = Path(args.store or ("runs/quick/results" if args.quick else STORE))
