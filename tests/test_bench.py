@@ -193,3 +193,23 @@ def test_gpu_session_script_measures_trains_and_packs_new_records(tmp_path):
     assert len(new) == 2 and all(n.startswith("synthetic-small/lattice-") for n in new)
     with tarfile.open(out / "results.tgz") as packed:
         assert sorted(packed.getnames()) == sorted(new)
+
+
+@pytest.mark.parametrize("phase", ["rec", "generator"])
+def test_ab_script_alternates_the_default_and_the_changed_setting(phase):
+    """benchmarks/ab.py times both arms every round and reports their medians and ratio; a bad --set is named."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "benchmarks/ab.py", "--data", "synthetic-small", "--phase", phase, "--rounds", "2",
+               "--steps", "2", "--threads", "1", "--set", "diffmm.contrastive.MAX_UNSHIFTED=-1.0"]
+    out = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=True, timeout=300).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["phase"] == phase and result["rounds"] == 2 and 0 <= result["changed_faster_rounds"] <= 2
+    assert result["default_ms"] > 0 and result["changed_ms"] > 0 and result["ratio_median"] > 0
+    bad = subprocess.run([*command[:-1], "diffmm.contrastive.NO_SUCH_NAME=1"], cwd=repo, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and "diffmm.contrastive has no 'NO_SUCH_NAME'" in bad.stderr
