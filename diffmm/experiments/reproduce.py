@@ -10,7 +10,7 @@ unfinished run from its last epoch and redoes nothing that is stored. A finished
 the store (``figures/results/``) atomically, and its work directory is removed.
 
 Executors: ``local`` runs ``--jobs`` worker processes on this machine (by default on CPU one
-single-threaded run per core, memory permitting: :func:`diffmm.memory.default_jobs`), the CPU threads
+single-threaded run per core, memory permitting: ``diffmm.memory.default_jobs``), the CPU threads
 split between them (on CUDA, several processes share one GPU); ``ray`` hands the same runs to a Ray cluster. Every
 run trains in a fresh process, so its memory (and the peak its record reports) is its own: nothing of
 the runs before it, or of the figures redrawn between runs, stays behind.
