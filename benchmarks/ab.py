@@ -82,7 +82,6 @@ def main(argv=None) -> int:
             losses["loss"].backward()
             optimizer.step()
             taken += 1
-            memory.step_end(taken)
 
     def timed(arm: list) -> float:
         for module, attr, value in arm:

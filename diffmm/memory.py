@@ -1,16 +1,16 @@
 """The process's memory and thread policy, in one module.
 
 The entry point (``python -m diffmm``, the benchmarks) calls :func:`configure` once, before torch loads;
-library code only says where a phase or a step ends (:func:`phase_end`, :func:`step_end`) and how many
-threads a run asks for (:func:`set_threads`). What each setting buys is measured in docs/performance.md.
+library code only says where a phase ends (:func:`phase_end`) and how many threads a run asks for
+(:func:`set_threads`). What each setting buys is measured in docs/performance.md.
 
 * Transparent huge pages for torch's CPU allocator (``THP_MEM_ALLOC_ENABLE``, torch's own opt-in, read
   when torch loads): large heap blocks fragment less.
 * A fixed glibc mmap threshold: freed large buffers (the denoisers' (rows x items) blocks) leave the
   process instead of staying on a fragmented heap; and a trim threshold high enough that freeing the
   BPR step's buffers does not hand their pages back, to be faulted in again by the next step.
-* Heap trims (``malloc_trim``) where a phase ends, and every :data:`TRIM_EVERY_STEPS` BPR steps, so a
-  phase's peak does not sit on the previous phase's freed blocks.
+* Heap trims (``malloc_trim``) where a phase ends, so a phase's peak does not sit on the previous
+  phase's freed blocks.
 * How many runs a sweep trains at once and with how many threads (:func:`default_jobs`, :func:`cores_used`).
 """
 
@@ -23,16 +23,16 @@ import sys
 
 # The largest dense (rows x items) float32 block of one denoiser chunk (models.diffmm splits its batches so).
 GENERATOR_CHUNK_BYTES = 16 << 20
-# Allocations of at least this size are mmap-ed. Below a full chunk's blocks, which are just under
-# GENERATOR_CHUNK_BYTES (at a threshold equal to it they stayed on the heap); above the (nodes x 128)
-# float32 embeddings of TikTok (8.2 MB), which every step reuses.
-MMAP_THRESHOLD_BYTES = GENERATOR_CHUNK_BYTES * 3 // 4
+# Allocations of at least this size are mmap-ed. Below the generator chunks' blocks, which
+# :func:`chunk_count` keeps above half the budget (TikTok: 512 rows, 13.7 MB; kept on the heap they
+# fragment it: a 4-epoch run peaked at 886 against 796 MiB); above the (nodes x 128) float32
+# embeddings of TikTok (8.2 MB), which every BPR step reuses.
+MMAP_THRESHOLD_BYTES = GENERATOR_CHUNK_BYTES // 2
 # Free memory the heap's top may hold before glibc returns it. Setting the mmap threshold leaves glibc's
 # 128 KiB here, so every BPR step gave back and re-faulted its (nodes x 128) buffers (~5,700 page faults
-# a step); at 64 MiB (~1,700, most after the explicit trims) a TikTok BPR step takes 0.84-0.93x the time
+# a step); at 64 MiB a TikTok BPR step takes 0.84-0.93x the time
 # (two in-process interleaved runs, 2 threads) for ~30 MiB more peak RSS; the generator phase is unchanged.
 TRIM_THRESHOLD_BYTES = 64 << 20
-TRIM_EVERY_STEPS = 8  # BPR steps between heap trims (each trim costs a little; the steps fragment the heap)
 # On a GPU, chunks exist only to bound memory: there is no cache to stay in, and each chunk costs a dozen
 # kernel launches, which a step of small kernels is bound by. Chunked loops (InfoNCE's log-sum-exp, the
 # denoisers' batches) take this budget there instead of their CPU one. ``DIFFMM_DEVICE_CHUNK_BYTES``
@@ -43,6 +43,14 @@ DEVICE_CHUNK_BYTES = int(os.environ.get("DIFFMM_DEVICE_CHUNK_BYTES", 1 << 30))
 def chunk_bytes(device_type: str, cpu_bytes: int) -> int:
     """The size of a chunked loop's blocks on a device of ``device_type`` ('cpu', 'cuda', ...)."""
     return cpu_bytes if device_type == "cpu" or DEVICE_CHUNK_BYTES <= 0 else DEVICE_CHUNK_BYTES
+
+
+def chunk_count(rows: int, row_bytes: int, budget_bytes: int) -> int:
+    """How many chunks of equal size (within a row: ``tensor_split``) ``rows`` rows of ``row_bytes`` each
+    take so that a chunk stays within ``budget_bytes``: as few as fit. Equal chunks make alike blocks,
+    each (when there are several) over half the budget, so none is a small remainder left on the heap."""
+    per_chunk = max(1, budget_bytes // max(1, row_bytes))
+    return max(1, -(-rows // per_chunk))
 
 
 def configure() -> None:
@@ -160,12 +168,6 @@ def phase_end() -> None:
     """A phase of work ended (generator training, graph generation, the BPR steps, training itself):
     the next one starts without this one's freed blocks."""
     trim_heap()
-
-
-def step_end(step: int) -> None:
-    """A BPR step ended: trim every :data:`TRIM_EVERY_STEPS` steps."""
-    if step % TRIM_EVERY_STEPS == 0:
-        trim_heap()
 
 
 def return_large_buffers_to_os(threshold_bytes: int | None = None) -> bool:

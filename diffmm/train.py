@@ -167,14 +167,13 @@ class Trainer:
         steps = tqdm(triples.split(cfg.batch_size, dim=1), total=n_batches, disable=not cfg.progress,
                      desc=f"epoch {self.epoch}", leave=False)
         optimizer = self.optimizers["rec"]
-        for step, (users, positives, negatives) in enumerate(steps, 1):
+        for users, positives, negatives in steps:
             losses = model.loss(users, positives, negatives)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + value.detach()
-            memory.step_end(step)
         totals = {name: float(value) for name, value in totals.items()}  # one device sync per epoch
         terms = {**{f"train_{k}": v for k, v in totals.items()}, **{k: v for k, v in record.items() if k.startswith("gen_")}}
         bad = {name: value for name, value in terms.items() if not math.isfinite(value)}

@@ -57,14 +57,23 @@ def test_console_script_is_python_dash_m_diffmm():
     assert out.stdout.strip() == "1"
 
 
-def test_full_generator_chunks_leave_the_heap():
-    """A full chunk's dense (rows x items) blocks sit above the mmap threshold, so they are returned
-    when freed (at a 16 MiB threshold they fell just under it: +120-160 MB peak at 5,000-10,000 items)."""
-    from diffmm.memory import GENERATOR_CHUNK_BYTES, MMAP_THRESHOLD_BYTES
+def test_generator_chunks_are_equal_and_leave_the_heap():
+    """A generator batch splits into equal row chunks within the budget, whose dense (rows x items) blocks
+    all sit above the mmap threshold, so they are returned when freed (a 399-row remainder of TikTok's
+    1,024-user batches stayed on the heap and fragmented it)."""
+    import torch
+    from diffmm.memory import GENERATOR_CHUNK_BYTES, MMAP_THRESHOLD_BYTES, chunk_count
 
-    for items in (5_000, 6_710, 10_000, 18_357, 40_000, 100_000):
-        rows = GENERATOR_CHUNK_BYTES // (4 * items)
-        assert rows * items * 4 > MMAP_THRESHOLD_BYTES, items
+    assert chunk_count(1024, 4 * 6_710, GENERATOR_CHUNK_BYTES) == 2  # TikTok: 512 + 512 rows
+    assert chunk_count(1024, 4 * 1_682, GENERATOR_CHUNK_BYTES) == 1  # MovieLens-100k: the whole batch
+    assert chunk_count(5, 10**9, GENERATOR_CHUNK_BYTES) == 5  # a row over the budget is a chunk of its own
+    for items in (2_000, 5_000, 6_710, 10_000, 18_357, 40_000, 100_000):
+        for batch in (1024, 100, 1):
+            sizes = [len(c) for c in torch.arange(batch).tensor_split(chunk_count(batch, 4 * items, GENERATOR_CHUNK_BYTES))]
+            assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1, (items, batch)
+            assert max(sizes) * 4 * items <= GENERATOR_CHUNK_BYTES or max(sizes) == 1, (items, batch)
+            if len(sizes) > 1:
+                assert min(sizes) * 4 * items >= MMAP_THRESHOLD_BYTES, (items, batch)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")

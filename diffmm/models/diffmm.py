@@ -232,20 +232,21 @@ class DiffMM(Recommender):
     def train_generators(self, optimizer: Adam) -> dict[str, float]:
         """One pass over all users: each modality's generator minimises Eq. 24.
 
-        A batch's loss is a mean over its users, so its gradient is accumulated over row chunks whose
-        dense (rows x items) tensors stay within ``memory.GENERATOR_CHUNK_BYTES`` on CPU (TikTok: 625 + 399
-        rows of a 1,024 batch; a GPU takes ``memory.chunk_bytes``, one chunk): the same step, with about
-        half the activation memory. Only one modality's activations and
+        A batch's loss is a mean over its users, so its gradient is accumulated over row chunks of equal
+        size whose dense (rows x items) tensors stay within ``memory.GENERATOR_CHUNK_BYTES`` on CPU (TikTok:
+        two 512-row chunks of a 1,024 batch; a GPU takes ``memory.chunk_bytes``, one chunk): the same step,
+        with about half the activation memory. Only one modality's activations and
         gradients are alive at a time: the generators share no parameters, so one step per modality
         (Adam skips parameters without a gradient) equals the step on the summed loss.
         """
         with torch.no_grad():
             features = self.modal_features()
         contexts = {m: self.generator_context(m, features) for m in self.modalities}
-        chunk = max(1, memory.chunk_bytes(self.device.type, memory.GENERATOR_CHUNK_BYTES) // (4 * self.n_items))
+        budget = memory.chunk_bytes(self.device.type, memory.GENERATOR_CHUNK_BYTES)
         totals, n = {}, 0
         for users in self._user_batches(shuffle=True):
-            chunks = [(c, self.train_rows(c)) for c in users.split(chunk)]
+            parts = users.tensor_split(memory.chunk_count(len(users), 4 * self.n_items, budget))
+            chunks = [(c, self.train_rows(c)) for c in parts]
             for m, generator in self.generators.items():
                 for chunk_users, rows in chunks:
                     share = len(chunk_users) / len(users)
