@@ -11,7 +11,8 @@ library code only says where a phase ends (:func:`phase_end`) and how many threa
   BPR step's buffers does not hand their pages back, to be faulted in again by the next step.
 * Heap trims (``malloc_trim``) where a phase ends, so a phase's peak does not sit on the previous
   phase's freed blocks.
-* How many runs a sweep trains at once and with how many threads (:func:`default_jobs`, :func:`cores_used`).
+* How many runs a sweep trains at once and with how many threads (:func:`default_jobs`,
+  :func:`threads_per_run`, :func:`cores_used`).
 """
 
 from __future__ import annotations
@@ -130,13 +131,17 @@ def default_jobs(device: str = "cpu") -> int:
     return max(1, min(cores, cores if available is None else available // RUN_MEMORY_BYTES))
 
 
+def threads_per_run(jobs: int, device: str = "cpu") -> int:
+    """torch threads of each of ``jobs`` concurrent runs when not given: on CPU the cores split between
+    them, on a GPU 1 (the device does the work)."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs)) if device.startswith("cpu") else 1
+
+
 def cores_used(jobs: int | None = None, threads: int | None = None) -> int:
     """CPU cores ``jobs`` runs of ``threads`` threads keep busy (jobs default: :func:`default_jobs`; threads
-    default: the cores split between them)."""
-    cores = os.cpu_count() or 1
+    default: :func:`threads_per_run`)."""
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
-    threads = threads or max(1, cores // jobs)
-    return max(1, min(cores, jobs * threads))
+    return max(1, min(os.cpu_count() or 1, jobs * (threads or threads_per_run(jobs))))
 
 
 def set_threads(threads: int) -> None:

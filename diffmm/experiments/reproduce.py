@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import statistics
 import time
@@ -243,8 +242,7 @@ def run_jobs(missing: Sequence[Job], store: str | Path = STORE, work: str | Path
         return []
     code = code_version()  # the code that trains, read before any run; every record names it (workers too)
     jobs = memory.default_jobs(device) if jobs is None else max(1, int(jobs))
-    if threads is None:  # the cores split between the workers (each worker's torch threads)
-        threads = max(1, (os.cpu_count() or 1) // jobs) if device.startswith("cpu") else 1
+    threads = memory.threads_per_run(jobs, device) if threads is None else threads
     bar = tqdm(total=round(sum(j.cost_s for j in missing)), unit="s", disable=not progress,
                desc=f"{len(missing)} runs", bar_format="{desc}{percentage:3.0f}%|{bar}| "
                "[{elapsed}<{remaining}, est. {total_fmt} core-s of runs]")
