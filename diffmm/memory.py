@@ -25,9 +25,9 @@ import sys
 # The largest dense (rows x items) float32 block of one denoiser chunk (models.diffmm splits its batches so).
 GENERATOR_CHUNK_BYTES = 16 << 20
 # Allocations of at least this size are mmap-ed. Below the generator chunks' blocks, which
-# :func:`chunk_count` keeps above half the budget (TikTok: 512 rows, 13.7 MB; kept on the heap they
-# fragment it: a 4-epoch run peaked at 886 against 796 MiB); above the (nodes x 128) float32
-# embeddings of TikTok (8.2 MB), which every BPR step reuses.
+# :func:`chunk_count` keeps at about half the budget or more (TikTok: 512 rows, 13.7 MB; kept on
+# the heap they fragment it: a 4-epoch run peaked at 886 against 796 MiB); above the (nodes x 128)
+# float32 embeddings of TikTok (8.2 MB), which every BPR step reuses.
 MMAP_THRESHOLD_BYTES = GENERATOR_CHUNK_BYTES // 2
 # Free memory the heap's top may hold before glibc returns it. Setting the mmap threshold leaves glibc's
 # 128 KiB here, so every BPR step gave back and re-faulted its (nodes x 128) buffers (~5,700 page faults
@@ -49,7 +49,8 @@ def chunk_bytes(device_type: str, cpu_bytes: int) -> int:
 def chunk_count(rows: int, row_bytes: int, budget_bytes: int) -> int:
     """How many chunks of equal size (within a row: ``tensor_split``) ``rows`` rows of ``row_bytes`` each
     take so that a chunk stays within ``budget_bytes``: as few as fit. Equal chunks make alike blocks,
-    each (when there are several) over half the budget, so none is a small remainder left on the heap."""
+    each (when there are several) about half the budget or more (within a row), so none is a small
+    remainder left on the heap."""
     per_chunk = max(1, budget_bytes // max(1, row_bytes))
     return max(1, -(-rows // per_chunk))
 
