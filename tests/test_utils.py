@@ -69,7 +69,8 @@ def test_generator_chunks_are_equal_and_leave_the_heap():
     assert chunk_count(5, 10**9, GENERATOR_CHUNK_BYTES) == 5  # a row over the budget is a chunk of its own
     for items in (2_000, 5_000, 6_710, 10_000, 18_357, 40_000, 100_000):
         for batch in (1024, 100, 1):
-            sizes = [len(c) for c in torch.arange(batch).tensor_split(chunk_count(batch, 4 * items, GENERATOR_CHUNK_BYTES))]
+            count = chunk_count(batch, 4 * items, GENERATOR_CHUNK_BYTES)
+            sizes = [len(c) for c in torch.arange(batch).tensor_split(count)]
             assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1, (items, batch)
             assert max(sizes) * 4 * items <= GENERATOR_CHUNK_BYTES or max(sizes) == 1, (items, batch)
             if len(sizes) > 1:
