@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a borrowed GPU machine: measure, then train what the results store lacks.
+# One call on a GPU machine available for a limited time: measure, then train what the results store lacks.
 #
 #   DATA=<folder with tiktok/ and ml100k/> OUT=<folder> [BUDGET=540] [BENCH_S=120] bash benchmarks/gpu_session.sh
 #
@@ -15,8 +15,9 @@
 #                                                                                 -> $OUT/sweep.json
 #   3. `reproduce --train-only` with the N that finishes most runs in the time left: the paper's
 #      analyses, what figures/results lacks; finished runs' records           -> $OUT/results.tgz
-# The datasets travel with the call: copy tiktok/ and ml100k/ into a folder of the checkout that git
-# ignores (e.g. .gpu/datasets, listed in .git/info/exclude) and have the call carry it.
+# Where the GPU machine receives a copy of the checkout, the datasets can travel with it: copy tiktok/
+# and ml100k/ into a folder of the checkout that git ignores (e.g. .gpu/datasets, listed in
+# .git/info/exclude) and point DATA there.
 # Back on the workstation: `tar xzf results.tgz -C figures/results`, then `reproduce --render-only`.
 # Every step's output is also in $OUT/log.txt.
 set -uo pipefail

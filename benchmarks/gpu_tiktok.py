@@ -1,6 +1,6 @@
 """GPU check: the tiktok preset for N epochs in fp32, TF32 and bf16; prints epoch time and metrics.
 
-    python benchmarks/gpu_tiktok.py --data ../shared/datasets/tiktok --epochs 50 --seeds 421,422,423   # on an NVIDIA GPU
+    python benchmarks/gpu_tiktok.py --data tiktok --epochs 50 --seeds 421,422,423   # on an NVIDIA GPU
     python benchmarks/gpu_tiktok.py --data synthetic --epochs 1 --device cpu       # smoke test
 
 One command, sized for ~8 minutes on an H200: ``--budget-s`` is shared by the modes still to run, and a
@@ -35,7 +35,7 @@ class Deadline(Callback):
 
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--data", default="../shared/datasets/tiktok")
+parser.add_argument("--data", default="tiktok")
 parser.add_argument("--epochs", type=int, default=50)
 parser.add_argument("--device", default="auto")
 parser.add_argument("--modes", default="fp32,tf32,bf16")

@@ -9,7 +9,7 @@
 Each command is registered by its module's ``add_parser(subparsers)`` (:func:`_command_registrars`).
 
 ``--data`` takes a directory (DiffMM pkl, MMRec .inter or RecBole format) or a registered name
-('synthetic', 'ml100k', 'tiktok', 'baby'). Any config field can be set with ``--<field> <value>``.
+('synthetic', 'synthetic-small', 'ml100k', 'tiktok', 'baby'). Any config field can be set with ``--<field> <value>``.
 """
 
 from __future__ import annotations

