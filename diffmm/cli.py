@@ -102,7 +102,8 @@ def add_parser(sub) -> None:
 
     train.add_argument("--model", help=f"{', '.join(MODELS)} (default lightgcn)")
     train.add_argument("--data", default="synthetic", help="dataset directory or registered name")
-    train.add_argument("--preset", help="paper hyperparameters for diffmm: tiktok, baby, sports")
+    train.add_argument("--preset", help="the DiffMM authors' hyperparameters for a dataset: tiktok, baby, sports "
+                       "(Amazon-Sports is not registered: --data <folder> in DiffMM's or MMRec's format)")
     train.add_argument("--config", help="a config.json / .yaml (e.g. from an earlier run) to start from")
     train.add_argument("--out", help="run directory (default runs/<data>-<model>)")
     train.add_argument("--fresh", action="store_true", help="do not resume from <out>/last.pt")
