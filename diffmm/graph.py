@@ -124,6 +124,14 @@ class Adjacency:
             return _SparseMatmul.apply(self.matrix, self.transposed, dense)
         return sparse_mm(self.matrix, dense)
 
+    def power_sum(self, dense: torch.Tensor, layers: int) -> torch.Tensor:
+        """sum_{l=0..L} A^l x: the sum-pooling over L propagation layers (LightGCN's readout times L + 1)."""
+        total = dense
+        for _ in range(layers):
+            dense = self @ dense
+            total = total + dense
+        return total
+
     def __repr__(self) -> str:
         return f"Adjacency(shape={tuple(self.shape)}, nnz={self.nnz}, device={self.matrix.device})"
 

@@ -320,6 +320,24 @@ def test_adjacency_sparse_equals_dense_with_gradient():
     assert "nnz" in repr(adj)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_power_sum_is_the_sum_of_powers_with_its_gradient(symmetric):
+    m = sp.random(9, 9, density=0.35, random_state=3, format="csr", dtype=np.float32)
+    m = (m + m.T).tocsr() if symmetric else m
+    adj, dense = Adjacency(m, symmetric=symmetric), m.toarray().astype(np.float64)
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(9, 4))
+    for layers in range(4):
+        x = torch.tensor(rng.normal(size=(9, 4)), dtype=torch.float32, requires_grad=True)
+        powers = [np.linalg.matrix_power(dense, l) for l in range(layers + 1)]
+        out = adj.power_sum(x, layers)
+        np.testing.assert_allclose(np64(out), sum(powers) @ np64(x), rtol=1e-5, atol=1e-5)
+        (out.double() * torch.from_numpy(w)).sum().backward()
+        np.testing.assert_allclose(np64(x.grad), sum(powers).T @ w, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            np.testing.assert_allclose(np64(adj.power_sum(x, layers)), np64(out), rtol=0, atol=0)
+
+
 def test_sparse_rows_batches_equal_scipy_rows():
     m = sp.random(9, 6, density=0.3, random_state=2, format="csr", dtype=np.float32)
     for a, b in zip(m.indptr[:-1], m.indptr[1:]):  # columns in descending order within each row

@@ -92,12 +92,8 @@ class LightGCN(EmbeddingModel):
         return self.on_device("graph", lambda device: normalized_adjacency(self._train, device=device))
 
     def final_embeddings(self):
-        layer = torch.cat([self.user_embedding, self.item_embedding])  # (U + I, d)
-        total = layer
-        for _ in range(self.config.layers):
-            layer = self.adjacency @ layer
-            total = total + layer
-        total = total / (self.config.layers + 1)
+        ego = torch.cat([self.user_embedding, self.item_embedding])  # (U + I, d)
+        total = self.adjacency.power_sum(ego, self.config.layers) / (self.config.layers + 1)
         return total[: self.n_users], total[self.n_users:]
 
     def __repr__(self):

@@ -131,11 +131,7 @@ class DiffMM(Recommender):
 
     def _propagate(self, x: torch.Tensor) -> torch.Tensor:
         """sum_{l=0..L} A^l x: Eq. 17 / Eq. 22 sum-pooling over L layers of the interaction graph."""
-        total = x
-        for _ in range(self.config.layers):
-            x = self.graph @ x
-            total = total + x
-        return total
+        return self.graph.power_sum(x, self.config.layers)
 
     def encode(self, inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings H~ (Eq. 20-23) as (N, d) with N = U + I; also returns H_0.

@@ -44,11 +44,7 @@ def register_features(model: nn.Module, dataset: RecDataset, trainable: bool = F
 
 def layer_mean(adjacency: Adjacency, ego: torch.Tensor, layers: int) -> torch.Tensor:
     """LightGCN's readout: mean over l = 0..L of A_hat^l E_0, for (U + I, d) ego embeddings."""
-    layer = total = ego
-    for _ in range(layers):
-        layer = adjacency @ layer
-        total = total + layer
-    return total / (layers + 1)
+    return adjacency.power_sum(ego, layers) / (layers + 1)
 
 
 # ------------------------------------------------------------------------ VBPR
