@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install diffmm with its test and notebook extras.
-# torch is installed first, pinned: a plain `torch` requirement would pull PyPI's multi-GB CUDA build
-# on Linux. Where pip already finds a CPU wheel of the pin (a local wheel cache), that one is taken.
-# DIFFMM_TORCH_INDEX picks PyTorch's wheel index instead:
+# torch is installed first, pinned, so that the project's `torch>=2.4` then installs nothing more. On
+# Linux, PyPI's torch wheel is the multi-GB CUDA build; where pip already finds a CPU wheel of the pin
+# (a local wheel cache), that one is taken. DIFFMM_TORCH_INDEX picks PyTorch's wheel index instead:
 #   DIFFMM_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh     # CPU build
 #   DIFFMM_TORCH_INDEX=https://download.pytorch.org/whl/cu128 bash scripts/setup.sh   # CUDA 12.8 build
 # DIFFMM_TORCH=<version> changes the pin; DIFFMM_TORCH=skip keeps the torch already in .venv.
