@@ -271,7 +271,7 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
 
 def _missing_message(spec: DatasetSpec, target: Path, why: str) -> str:
     listing = "\n".join(f"  {f.name}  ({f.size:,} bytes, sha256 {f.sha256})\n    "
-                        + (f"from {f.url}" if f.url else "no public download: see the licence note below")
+                        + (f"from {f.url}" if f.url else "no public download: see the terms and sources below")
                         for f in spec.files)
     return (f"dataset '{spec.name}': {why}\n"
             f"Put these files in {target}/ (or any folder, then load('<folder>'), "
@@ -319,7 +319,7 @@ def fetch(name: str, root: str | os.PathLike | None = None, download: bool = Tru
     unpublished = [f.name for f in missing if f.url is None]
     if unpublished and not base_url:  # said before anything is downloaded
         raise DatasetUnavailableError(_missing_message(
-            spec, target, f"missing {unpublished}, which have no public download (a mirror: base_url=)."))
+            spec, target, f"missing {unpublished}, which have no public download (a mirror: $DIFFMM_BASE_URL or base_url=)."))
     for f in missing:
         url = f"{base_url.rstrip('/')}/{name}/{f.name}" if base_url else f.url
         try:
