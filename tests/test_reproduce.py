@@ -331,13 +331,13 @@ def test_a_sweep_runs_one_single_threaded_run_per_core_as_memory_allows(monkeypa
 def test_shared_points_are_declared_once():
     table, missing = reproduce.plan(declared.select("tiktok"), store="/nonexistent")
     per_analysis = table.set_index("analysis")["runs"]
-    assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 18
+    assert per_analysis["tiktok/table3_ablation"] == 12 and per_analysis["tiktok/table4_tau_lambda1"] == 27
     # the defaults' point (3 seeds) is in all five DiffMM analyses but trained once
-    # 86 runs of the paper's analyses, and 47 of TikTok's searches not shared with Table 2 or each other (MF's L2:
+    # 94 runs of the paper's analyses, and 47 of TikTok's searches not shared with Table 2 or each other (MF's L2:
     # 4; VBPR's three passes: L2 with E free 5, lambda_E 4, L2 again 4; LightGCN's L2: 6; BM3's dropout: 6, lambda: 3,
     # layers: 2; LATTICE's graphs: 1, learning rate: 3, L2: 3; LightGCN-M's L2: 6)
-    assert len(missing) == len({j.key for j in missing}) == 133
-    assert sum(j.config.model == "diffmm" for j in missing) == 67
+    assert len(missing) == len({j.key for j in missing}) == 141
+    assert sum(j.config.model == "diffmm" for j in missing) == 75
 
 
 def test_a_notebook_asks_for_analyses_by_name_and_hears_which_its_dataset_lacks():
