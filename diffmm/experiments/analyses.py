@@ -299,6 +299,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     ablation("ml100k"),
     fusion_ratio("ml100k"),
     omega("ml100k"),  # the paper: omega = 1 is the worst "on every dataset"
+    tau_lambda1("ml100k"),  # the paper: the best (tau, lambda1) is dataset-specific
 )}
 
 
