@@ -461,7 +461,7 @@ def verdict_table(values: dict[str, float], field: str | None = None) -> pd.Data
 
 def test_verdict_on_the_comparison_weighs_the_lead_against_noise_and_the_paper():
     from diffmm.experiments.analyses import ANALYSES
-    from diffmm.viz.gallery import _leads
+    from diffmm.viz.verdicts import _leads
 
     table2 = ANALYSES["tiktok/table2_comparison"]  # the paper: DiffMM +18% over BM3
     check = lambda values: _leads(table2, verdict_table(values), "recall@20 mean", 0.0025, None, None)[0]  # noqa: E731
@@ -473,7 +473,7 @@ def test_verdict_on_the_comparison_weighs_the_lead_against_noise_and_the_paper()
 
 def test_verdicts_on_ablations_and_trends():
     from diffmm.experiments.analyses import ANALYSES
-    from diffmm.viz.gallery import _each_helps, _falls, _worse_at_both_ends
+    from diffmm.viz.verdicts import _each_helps, _falls, _worse_at_both_ends
 
     ablation = ANALYSES["tiktok/table3_ablation"]
     run = lambda check, analysis, table: check(analysis, table, "recall@20 mean", 0.002, None, None)[0]  # noqa: E731
@@ -517,13 +517,40 @@ def test_verdicts_on_ablations_and_trends():
 ])
 def test_the_activity_verdict_checks_every_group_and_the_sparsest(monkeypatch, margins, expected):
     from diffmm.experiments.analyses import ANALYSES
-    from diffmm.viz import gallery
+    from diffmm.viz import verdicts
 
     groups = pd.DataFrame([{"group": g, "label": label, "recall@20 mean": 0.1 + (d if label == "DiffMM" else 0)}
                            for g, d in zip(("0-1", "2", "3+"), margins) for label in ("DiffMM", "LightGCN")])
-    monkeypatch.setattr(gallery, "group_table", lambda *args: groups)
-    status, _ = gallery._every_group(ANALYSES["tiktok/fig2_sparsity"], None, "recall@20 mean", 0.004, None, None)
+    monkeypatch.setattr(verdicts, "group_table", lambda *args: groups)
+    status, _ = verdicts._every_group(ANALYSES["tiktok/fig2_sparsity"], None, "recall@20 mean", 0.004, None, None)
     assert status == expected
+
+
+@pytest.mark.parametrize("ours, theirs, expected", [
+    ({"0.01": 0.100, "1": 0.090}, {"0.01": 0.300, "1": 0.320}, "Yes"),  # each best clearly ahead on its own data
+    ({"0.01": 0.100, "1": 0.099}, {"0.01": 0.300, "1": 0.320}, "Partly"),  # only on the other dataset
+    ({"0.01": 0.100, "1": 0.099}, {"0.01": 0.319, "1": 0.320}, "Not settled"),
+    ({"0.01": 0.100, "1": 0.090}, {"0.01": 0.320, "1": 0.300}, "No"),  # one point clearly best on both
+    ({"0.01": 0.100, "1": 0.099}, {"0.01": 0.320, "1": 0.319}, "Not settled"),  # the same best, within the noise
+])
+def test_a_dataset_specific_best_is_weighed_on_both_datasets(monkeypatch, ours, theirs, expected):
+    from diffmm.experiments.analyses import ANALYSES
+    from diffmm.viz import verdicts
+
+    other = pd.DataFrame([{"label": k, "model": "diffmm", "seeds": 3, "recall@20 mean": v, "recall@20 std": 0.001}
+                          for k, v in theirs.items()])
+    monkeypatch.setattr(verdicts, "run_frame", lambda analysis, records: None)
+    monkeypatch.setattr(verdicts, "point_table", lambda analysis, runs: other)
+    status, text = verdicts._best_differs(ANALYSES["tiktok/fig3a_lambda0"], verdict_table(ours), "recall@20 mean",
+                                          0.002, None, None)
+    assert status == expected and "ml100k" in text
+    # the other dataset without all its points: nothing is claimed yet
+    other.loc[1, "seeds"] = 0
+    assert verdicts._best_differs(ANALYSES["tiktok/fig3a_lambda0"], verdict_table(ours), "recall@20 mean", 0.002,
+                                  None, None) == ("Not settled", "ml100k has runs for 1 of 2 points so far")
+    # Table 4 on TikTok also checks the paper's best cell: one half holding and one not is 'Partly'
+    assert verdicts._all_of(("Yes", "a"), ("Not settled", "b")) == ("Partly", "a; b")
+    assert verdicts._all_of(("No", "a"), ("", "")) == ("No", "a")
 
 
 def test_crowded_tick_labels_are_left_blank():
