@@ -553,6 +553,21 @@ def test_a_dataset_specific_best_is_weighed_on_both_datasets(monkeypatch, ours, 
     assert verdicts._all_of(("No", "a"), ("", "")) == ("No", "a")
 
 
+def test_a_table_without_paper_numbers_draws_no_paper_panels():
+    from diffmm.experiments.analyses import ANALYSES
+    from diffmm.experiments.tables import run_frame
+    from diffmm.viz.reproduction import interactive_figure, static_figure
+
+    for name, titles in (("tiktok", ["Recall@20: this toolkit", "Recall@20: paper", "NDCG@20: this toolkit",
+                                     "NDCG@20: paper"]),
+                         ("ml100k", ["Recall@20: this toolkit", "NDCG@20: this toolkit"])):
+        analysis = ANALYSES[f"{name}/table4_tau_lambda1"]
+        runs = run_frame(analysis, {})
+        fig = static_figure(analysis, runs, {})
+        assert [ax.get_title() for ax in fig.axes if ax.get_title()] == titles
+        assert [a.text for a in interactive_figure(analysis, runs, {}).layout.annotations] == titles
+
+
 def test_crowded_tick_labels_are_left_blank():
     from diffmm.viz.reproduction import _spaced_labels
 

@@ -66,14 +66,15 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
 
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
     if analysis.kind == "heatmap":
-        fig, axes = plt.subplots(2, 2, figsize=(9, 7.2), squeeze=False)
+        panels = _heatmap_panels(analysis)
+        fig, axes = plt.subplots(2, len(panels), figsize=(9 if len(panels) > 1 else 6.5, 7.2), squeeze=False)
         table = point_table(analysis, runs)
         ty, tx = analysis.x
         for row, m in enumerate(METRICS):
-            values = [table[f"{m} mean"].to_numpy(float), table[f"paper {m}"].to_numpy(float)]
+            values = [table[value.format(m=m)].to_numpy(float) for _, value in panels]
             finite = np.concatenate([v[np.isfinite(v)] for v in values])
             vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0, 1)
-            for col, (title, value) in enumerate((("this toolkit", f"{m} mean"), ("paper", f"paper {m}"))):
+            for col, (title, value) in enumerate((title, value.format(m=m)) for title, value in panels):
                 grid = table.pivot_table(index=ty, columns=tx, values=value, dropna=False, aggfunc="first")
                 grid = grid.sort_index().sort_index(axis=1, ascending=False)
                 annot = grid.map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
@@ -84,7 +85,7 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
                                                  seeds.reindex_like(grid).loc[i, j]) for j in grid.columns]
                                           for i in grid.index], index=grid.index, columns=grid.columns)
                 sns.heatmap(grid, annot=annot, fmt="", cmap="viridis", vmin=vmin, vmax=vmax, ax=axes[row, col],
-                            cbar=col == 1, annot_kws={"fontsize": 8}, linewidths=0.5)
+                            cbar=col == len(panels) - 1, annot_kws={"fontsize": 8}, linewidths=0.5)
                 for (i, j) in zip(*np.nonzero(grid.isna().to_numpy())):  # seaborn leaves empty cells blank
                     axes[row, col].text(j + 0.5, i + 0.5, "no runs yet", ha="center", va="center", fontsize=8,
                                         color="0.5")
@@ -92,7 +93,8 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
                 axes[row, col].set_title(f"{NAMES[m]}: {title}")
                 axes[row, col].set_xlabel(NAMES.get(tx, tx))
                 axes[row, col].set_ylabel(NAMES.get(ty, ty))
-        fig.suptitle(f"{analysis.title}\n(one colour scale per metric, shared by both panels)", fontsize=11)
+        shared = "\n(one colour scale per metric, shared by both panels)" if len(panels) > 1 else ""
+        fig.suptitle(f"{analysis.title}{shared}", fontsize=11)
     elif analysis.kind == "groups":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
         for ax, (name, edges) in zip(axes[0], (("the paper's groups", PAPER_EDGES),
@@ -126,6 +128,11 @@ def static_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dic
     else:
         fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     return fig
+
+
+def _heatmap_panels(analysis: Analysis) -> list[tuple[str, str]]:
+    """(title, column template) per heatmap column: this toolkit's, and the paper's where it prints numbers."""
+    return [("this toolkit", "{m} mean")] + ([("paper", "paper {m}")] if analysis.paper else [])
 
 
 def _cell(mean, std, seeds) -> str:
@@ -243,21 +250,22 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
     if analysis.kind == "heatmap":
         table = point_table(analysis, runs)
         ty, tx = analysis.x
-        fig = make_subplots(2, 2, subplot_titles=[f"{NAMES[m]}: {w}" for m in METRICS
-                                                  for w in ("this toolkit", "paper")],
+        panels = _heatmap_panels(analysis)
+        fig = make_subplots(2, len(panels), subplot_titles=[f"{NAMES[m]}: {w}" for m in METRICS for w, _ in panels],
                             horizontal_spacing=0.12, vertical_spacing=0.14)
         for row, m in enumerate(METRICS, 1):
-            both = np.concatenate([table[f"{m} mean"].to_numpy(float), table[f"paper {m}"].to_numpy(float)])
+            both = np.concatenate([table[value.format(m=m)].to_numpy(float) for _, value in panels])
             both = both[np.isfinite(both)]
             zmin, zmax = (both.min(), both.max()) if len(both) else (0, 1)
-            for col, value in enumerate((f"{m} mean", f"paper {m}"), 1):
+            for col, value in enumerate((value.format(m=m) for _, value in panels), 1):
                 grid = table.pivot_table(index=ty, columns=tx, values=value, dropna=False, aggfunc="first")
                 grid = grid.sort_index(ascending=False).sort_index(axis=1, ascending=False)
                 text = grid.map(lambda v: "no runs" if pd.isna(v) else f"{v:.4f}")
                 fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=[f"{c:g}" for c in grid.columns],
                                          y=[f"{i:g}" for i in grid.index], text=text.to_numpy(),
                                          texttemplate="%{text}", zmin=zmin, zmax=zmax, colorscale="Viridis",
-                                         showscale=col == 2, colorbar=dict(len=0.4, y=0.79 if row == 1 else 0.21),
+                                         showscale=col == len(panels),
+                                         colorbar=dict(len=0.4, y=0.79 if row == 1 else 0.21),
                                          hovertemplate=f"{NAMES[tx]} %{{x}}<br>{NAMES[ty]} %{{y}}<br>"
                                                        f"{NAMES[m]} %{{z:.4f}}<extra></extra>"), row, col)
                 fig.update_xaxes(title_text=NAMES[tx], type="category", row=row, col=col)
