@@ -566,6 +566,12 @@ def test_a_table_without_paper_numbers_draws_no_paper_panels():
         fig = static_figure(analysis, runs, {})
         assert [ax.get_title() for ax in fig.axes if ax.get_title()] == titles
         assert [a.text for a in interactive_figure(analysis, runs, {}).layout.annotations] == titles
+        # and the bars of a comparison without paper numbers have no 'paper' legend entry
+        analysis = ANALYSES[f"{name}/table2_comparison"]
+        runs = run_frame(analysis, {})
+        legend = [t.get_text() for t in static_figure(analysis, runs, {}).legends[0].get_texts()]
+        traces = {t.name for t in interactive_figure(analysis, runs, {}).data}
+        assert ("paper (test-selected)" in legend) == ("paper (test-selected)" in traces) == (name == "tiktok")
 
 
 def test_crowded_tick_labels_are_left_blank():

@@ -167,7 +167,8 @@ def _bar_panel(ax, table: pd.DataFrame, runs: pd.DataFrame, m: str) -> None:
         position = {label: i for i, label in enumerate(labels)}
         ax.scatter(runs["label"].map(position), runs[m], color="0.15", s=12, zorder=3, label="one seed")
     paper = table[f"paper {m}"].to_numpy(float)
-    ax.scatter(x, paper, marker="D", color=sns.color_palette()[3], s=30, zorder=4, label="paper (test-selected)")
+    if np.isfinite(paper).any():  # no legend entry for numbers the paper does not print
+        ax.scatter(x, paper, marker="D", color=sns.color_palette()[3], s=30, zorder=4, label="paper (test-selected)")
     top = np.fmax(ours + table[f"{m} std"].fillna(0).to_numpy(float), paper)  # the label clears bar, std and paper
     for i, (value, seeds) in enumerate(zip(ours, table["seeds"])):
         if np.isfinite(value):
@@ -314,9 +315,10 @@ def interactive_figure(analysis: Analysis, runs: pd.DataFrame, records: dict[str
                                      customdata=table[["seeds", "epoch_s"]],
                                      hovertemplate="%{x}<br>" + NAMES[m] + " %{y:.4f}<br>%{customdata[0]} seeds, "
                                                    "%{customdata[1]:.1f} s/epoch<extra></extra>"), 1, col)
-                fig.add_trace(go.Scatter(x=table["label"], y=table[f"paper {m}"], mode="markers",
-                                         name="paper (test-selected)", legendgroup="paper", showlegend=show,
-                                         marker=dict(symbol="diamond", size=10, color=palette[3])), 1, col)
+                if table[f"paper {m}"].notna().any():
+                    fig.add_trace(go.Scatter(x=table["label"], y=table[f"paper {m}"], mode="markers",
+                                             name="paper (test-selected)", legendgroup="paper", showlegend=show,
+                                             marker=dict(symbol="diamond", size=10, color=palette[3])), 1, col)
                 x_runs = runs["label"] if not runs.empty else []
             if not runs.empty:
                 fig.add_trace(go.Scatter(x=x_runs, y=runs[m], mode="markers", name="one seed", legendgroup="seed",
