@@ -300,6 +300,7 @@ ANALYSES: dict[str, Analysis] = {a.id: a for a in (
     search("ml100k", "lattice", "l2", LATTICE_L2_GRID, "LATTICE", fixed={"graphs": "paper", "lr": 1e-3}),
     search("ml100k", "lightgcn-m", "l2", (1e-6, 1e-5, *L2_GRID), "LightGCN-M"),
     comparison("ml100k", note="MovieLens-100k with text + genre modalities; no paper numbers"),
+    sparsity("ml100k"),  # the comparison's runs by user activity: no runs of its own
     ablation("ml100k"),
     fusion_ratio("ml100k"),
     lambda0("ml100k"),  # the paper: the best lambda0 is dataset-specific

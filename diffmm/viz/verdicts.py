@@ -166,9 +166,12 @@ def _best_differs(analysis, table, m, bar, runs, records):
     """'The best setting is dataset-specific', against the same analysis on each other dataset that declares it:
     each dataset's best point beats the other's best there by more than that dataset's two seed std. 'Yes'
     when that holds on both datasets, 'Partly' on one; 'No' when one point is the clear best (beyond the
-    noise) on both; ('', '') when no other dataset declares the analysis."""
+    noise) on both; ('', '') when no other dataset declares the analysis, or this one is not declared (a toy
+    variant has no other dataset to compare with)."""
     from diffmm.experiments.analyses import ANALYSES
 
+    if ANALYSES.get(analysis.id) != analysis:
+        return "", ""
     metric = m.replace(" mean", "")
     best = table.loc[table[m].idxmax()]
     results = []
