@@ -189,9 +189,11 @@ def _best_differs(analysis, table, m, bar, runs, records):
         text = (f"{other.dataset}'s best point, {top}, is {here:.4f} below the best here, {best['label']}; on "
                 f"{other.dataset} that one is {there:.4f} below its best (two seed std on {other.dataset}: {their_bar:.4f})")
         if top == best["label"]:
-            clear = (table[m].nlargest(2).diff().abs().iloc[-1] > bar
-                     and theirs[m].nlargest(2).diff().abs().iloc[-1] > their_bar)
-            results.append(("No" if clear else "Not settled", f"{top} is the best on {other.dataset} too"))
+            lead_here, lead_there = (t[m].nlargest(2).diff().abs().iloc[-1] for t in (table, theirs))
+            results.append(("No" if lead_here > bar and lead_there > their_bar else "Not settled",
+                            f"{top} is the best on {other.dataset} too, ahead of the next point by {lead_here:.4f} "
+                            f"here and by {lead_there:.4f} on {other.dataset} (two seed std on {other.dataset}: "
+                            f"{their_bar:.4f})"))
         else:
             holds = int(here > bar) + int(there > their_bar)
             results.append((("Not settled", "Partly", "Yes")[holds], text))
