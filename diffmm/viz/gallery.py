@@ -133,7 +133,8 @@ def case_study_markdown(records: dict[str, dict], comparison: Analysis) -> list[
     seeds = int(table["seeds"].max())
     planned = len(next(p for p in comparison.points if p.label == "DiffMM").seeds or comparison.seeds)
     # records stored before the measures existed lack them: say how many of the run's seeds are averaged
-    which = f"{seeds} seed(s)" if seeds >= planned else f"the {seeds} of its {planned} seeds whose records hold the measures"
+    which = (f"{seeds} seed(s)" if seeds >= planned
+             else f"the {seeds} of its {planned} seeds whose records hold the measures")
     lines = ["### Case study, measured (the paper's Fig. 5 over all users)", "",
              f"What each modality's generated graph A^m holds at the selected epoch (k = {int(table['k'].max())} edges "
              f"per user), mean over {which} of the default DiffMM run "

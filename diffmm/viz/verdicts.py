@@ -186,8 +186,6 @@ def _best_differs(analysis, table, m, bar, runs, records):
         their_bar = 2 * seed_std(theirs, metric)
         here = best[m] - table.loc[table["label"] == top, m].iloc[0]  # our best over theirs, on our data
         there = theirs.loc[top, m] - theirs.loc[best["label"], m]  # their best over ours, on theirs
-        text = (f"{other.dataset}'s best point, {top}, is {here:.4f} below the best here, {best['label']}; on "
-                f"{other.dataset} that one is {there:.4f} below its best (two seed std on {other.dataset}: {their_bar:.4f})")
         if top == best["label"]:
             lead_here, lead_there = (t[m].nlargest(2).diff().abs().iloc[-1] for t in (table, theirs))
             results.append(("No" if lead_here > bar and lead_there > their_bar else "Not settled",
@@ -196,7 +194,10 @@ def _best_differs(analysis, table, m, bar, runs, records):
                             f"{their_bar:.4f})"))
         else:
             holds = int(here > bar) + int(there > their_bar)
-            results.append((("Not settled", "Partly", "Yes")[holds], text))
+            results.append((("Not settled", "Partly", "Yes")[holds],
+                            f"{other.dataset}'s best point, {top}, is {here:.4f} below the best here, {best['label']}; "
+                            f"on {other.dataset} that one is {there:.4f} below its best (two seed std on "
+                            f"{other.dataset}: {their_bar:.4f})"))
     return _all_of(*results) if results else ("", "")
 
 
