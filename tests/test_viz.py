@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -487,6 +488,18 @@ def test_a_comparison_without_diffmm_weighs_the_paper_numbers_at_the_papers_epoc
     status, text = check(0.0445, 0.0900)
     assert status == "Partly" and "LightGCN 0.0900 against the paper's 0.0698 (+29%)" in text
     assert check(0.0300, 0.0900)[0] == "No"
+
+
+def test_the_distance_of_tuned_baselines_from_the_papers_is_computed_from_the_store():
+    from diffmm.experiments.store import load_records
+    from diffmm.viz.verdicts import _baselines_tuned
+
+    records = load_records(Path(__file__).resolve().parents[1] / "figures" / "results")
+    # TikTok's MF-BPR: 0.0660 against the paper's 0.0346; Baby's: 0.0698 against 0.0440
+    assert _baselines_tuned("tiktok", records, "recall@20").endswith("(MF-BPR here is 1.9x the paper's)")
+    assert _baselines_tuned("baby", records, "recall@20").endswith("(MF-BPR here is 1.6x the paper's)")
+    assert _baselines_tuned("ml100k", records, "recall@20") == ""  # no paper numbers
+    assert _baselines_tuned("tiktok", {}, "recall@20") == ""  # no runs
 
 
 def test_verdicts_on_ablations_and_trends():
