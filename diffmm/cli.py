@@ -72,6 +72,9 @@ def cmd_evaluate(args, extra) -> int:
     dataset = _load_data(args.data)
     model, config = load_run(args.run, dataset)  # refused, naming both, if trained on other data
     rows = {split: evaluate(model.scorer(), dataset, split, config.train.ks).metrics for split in ("valid", "test")}
+    if args.test_mask == "train":  # the authors' protocol: validation items stay candidates on test
+        rows["test, training items masked"] = evaluate(model.scorer(), dataset, "test", config.train.ks,
+                                                       mask_valid=False).metrics
     print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -111,6 +114,9 @@ def add_parser(sub) -> None:
     ev = sub.add_parser("evaluate", help="evaluate a run directory's best checkpoint")
     ev.add_argument("--run", required=True, help="run directory (holds config.json and best.pt)")
     ev.add_argument("--data", required=True, help="the dataset it was trained on: directory or registered name")
+    ev.add_argument("--test-mask", choices=("train+valid", "train"), default="train+valid",
+                    help="items the test ranking masks; 'train' adds a row with training items masked only, as "
+                         "the authors' code (default: training and validation items)")
     ev.set_defaults(func=cmd_evaluate)
     stats = sub.add_parser("stats", help="print the dataset's Table-1 statistics")
     stats.add_argument("--data", required=True, help="dataset directory or registered name")

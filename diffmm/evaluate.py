@@ -57,6 +57,7 @@ def evaluate(
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     return_topk: bool = False,
+    mask_valid: bool = True,
 ) -> EvalResult:
     """Evaluate a scoring function with the all-rank protocol.
 
@@ -68,6 +69,7 @@ def evaluate(
         batch_size: users per batch (bounds memory at batch_size x n_items).
         device: where the score tensor lives.
         return_topk: also keep each user's top-max(ks) items and scores (for export).
+        mask_valid: on 'test', mask validation items too (False: training items only, as the authors' code).
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got '{split}'")
@@ -77,7 +79,7 @@ def evaluate(
         raise ValueError(f"ks must be distinct positive cut-offs, got {tuple(ks)}")
     kmax = min(max(ks), dataset.n_items)
     held_out = dataset.split(split)
-    seen = SparseRows(dataset.train if split == "valid" else dataset.train + dataset.valid, device)
+    seen = SparseRows(dataset.train if split == "valid" or not mask_valid else dataset.train + dataset.valid, device)
     n_held = np.diff(held_out.indptr)
     users = np.flatnonzero(n_held > 0)
     n_skipped = dataset.n_users - len(users)

@@ -72,6 +72,15 @@ def test_masked_training_and_validation_items_never_recommended():
         assert not set(top) & set(train[u])
 
 
+def test_the_authors_test_mask_leaves_validation_items_as_candidates():
+    # user 0: item 0 trained, item 1 held for validation and scored highest, item 2 the test item
+    data = make([[0]], [[1]], [[2]], 4)
+    scores = fixed_scores([[9, 8, 7, 1]])
+    assert evaluate(scores, data, "test", ks=(1,))["recall@1"] == 1.0  # validation item masked: 2 comes first
+    authors = evaluate(scores, data, "test", ks=(1, 2), mask_valid=False)  # it takes the first place
+    assert authors["recall@1"] == 0.0 and authors["recall@2"] == 1.0
+
+
 def test_users_without_test_items_are_skipped_and_counted_and_batches_agree():
     data = make([[0], [1], [2]], [[], [], []], [[1], [], [0]], 5)
     scores = fixed_scores([[0, 5, 1, 0, 0], [1, 0, 0, 0, 0], [2, 0, 0, 3, 0]])

@@ -162,6 +162,8 @@ def test_cli_evaluate_a_run_directory_and_refuse_other_data(tmp_path, capsys):
     assert "recall@20" in table and "test" in table
     saved = json.loads((out / "metrics.json").read_text())["test"]["recall@20"]
     assert f"{saved:.4f}" in table  # the best epoch's weights, scored again
+    assert main(["evaluate", "--run", str(out), "--data", "synthetic", "--test-mask", "train"]) == 0
+    assert "test, training items masked" in capsys.readouterr().out  # the authors' protocol beside ours
     other = tmp_path / "other"
     write_diffmm_dir(make_synthetic(n_users=300, n_items=200, seed=0), other)
     assert main(["evaluate", "--run", str(out), "--data", str(other)]) == 2
