@@ -115,8 +115,19 @@ class Denoiser(nn.Module):
 
         Returns the predicted x0, (B, n_items): W_L hidden(W_0 x, t) + b_L.
         """
-        if self.training and self.dropout > 0:  # inverted dropout; a uniform mask is ~2x faster than bernoulli_
-            x = x.to_dense() if x.layout != torch.strided else x
-            x = x * torch.rand_like(x).ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
         last = self.layers[-1]
-        return linear(self.hidden(self.input_product(x), t), last.weight, last.bias)
+        return linear(self.hidden(self.input_product(self.drop(x)), t), last.weight, last.bias)
+
+    def drop(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Inverted dropout of the input vectors in training mode (each entry zeroed with probability p, the
+        rest scaled by 1 / (1 - p)); ``x`` itself in eval mode or without dropout.
+
+        ``mask``: a buffer of ``x``'s shape to draw the mask into; ``x`` (dense) is then scaled in place.
+        The same random numbers either way.
+        """
+        if not (self.training and self.dropout > 0):
+            return x
+        x = x.to_dense() if x.layout != torch.strided else x
+        keep = torch.rand_like(x) if mask is None else mask.uniform_()  # ~2x faster than bernoulli_
+        keep = keep.ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
+        return x * keep if mask is None else x.mul_(keep)

@@ -8,6 +8,10 @@ kernels that write it (MKL on CPU) slow down: on the 2-core machine of 2026-12-0
 around it. :func:`aligned_empty` allocates such a view; :func:`linear` is ``F.linear`` whose output
 and weight gradient are written into one. Same values (up to the float rounding of a different
 blocking) and the same gradients.
+
+:class:`Workspace` keeps such blocks for a loop over chunks of equal size (the denoisers' training
+pass): each chunk writes into the memory the previous one used, instead of fresh pages that the OS
+must fault in and zero for every chunk.
 """
 
 from __future__ import annotations
@@ -24,7 +28,30 @@ def aligned_empty(rows: int, cols: int, dtype=torch.float32, device=None) -> tor
     return buffer if padded == cols else buffer[:, :cols]
 
 
-def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+class Workspace:
+    """Named (rows, cols) buffers that every chunk of a loop reuses: one allocation per name, not per chunk.
+
+    ``take`` returns the first ``rows`` rows of the named buffer (uninitialised), reallocating it only when
+    it is too small or of another width, dtype or device. A buffer that autograd saved for a backward pass
+    and that the next chunk overwrites before that backward ran makes the backward raise (autograd's
+    in-place check), so a buffer is never silently read after reuse.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, rows: int, cols: int, like: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+        """(rows, cols) with ``like``'s dtype and device; ``aligned``: rows start on 64-byte boundaries."""
+        buffer = self._buffers.get(name)
+        if (buffer is None or buffer.shape[0] < rows or buffer.shape[1] != cols or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = (aligned_empty(rows, cols, like.dtype, like.device) if aligned
+                      else torch.empty(rows, cols, dtype=like.dtype, device=like.device))
+            self._buffers[name] = buffer
+        return buffer[:rows]
+
+
+def autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """The tensors in the autocast dtype where autocast is on for their device (as a product's inputs would
     be cast: ``out=`` products are not cast by autocast itself)."""
     device = next(t for t in tensors if t is not None).device.type
@@ -39,7 +66,7 @@ def addmm(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: flo
     """``beta * bias + alpha * (a @ b)`` (``bias`` broadcast over rows, or None) into aligned rows.
 
     Not differentiable (``out=`` products are not): where autograd records, the plain product is used."""
-    bias, a, b = _autocast(bias, a, b)
+    bias, a, b = autocast_inputs(bias, a, b)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (bias, a, b)):
         return (a @ b).mul(alpha) if bias is None else torch.addmm(bias, a, b, beta=beta, alpha=alpha)
     out = aligned_empty(a.shape[0], b.shape[1], a.dtype, a.device)
@@ -70,6 +97,6 @@ class _Linear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for a 2-d ``x``, into aligned rows; under autocast the product runs in
     the autocast dtype, as ``F.linear``'s would."""
-    x, weight, bias = _autocast(x, weight, bias)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     with torch.autocast(x.device.type, enabled=False):
         return _Linear.apply(x, weight, bias)

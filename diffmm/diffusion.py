@@ -82,9 +82,14 @@ class GaussianDiffusion(nn.Module):
     def _at(schedule: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return schedule[t].unsqueeze(-1)  # (B, 1), broadcasts over items
 
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Eq. 2: alpha_t = sqrt(gamma_bar_t) alpha_0 + sqrt(1 - gamma_bar_t) eps."""
-        scaled_noise = torch.randn_like(x0) if noise is None else noise.clone()
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 2: alpha_t = sqrt(gamma_bar_t) alpha_0 + sqrt(1 - gamma_bar_t) eps.
+
+        eps is drawn when ``noise`` is None; ``out``: a buffer of ``x0``'s shape to write alpha_t into.
+        """
+        out = torch.empty_like(x0) if out is None else out
+        scaled_noise = out.normal_() if noise is None else out.copy_(noise)  # normal_: randn_like's numbers
         scaled_noise.mul_(self._at(self.sqrt_one_minus_gamma_bar, t))
         return scaled_noise.addcmul_(self._at(self.sqrt_gamma_bar, t), x0)
 

@@ -20,6 +20,7 @@ from torch import nn
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.dataset import RecDataset
 from diffmm.data.synthetic import make_synthetic
+from diffmm.dense import Workspace
 from diffmm.graph import Adjacency, SparseRows, bipartite, edge_dropout
 from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.models.diffmm import DiffMM
@@ -112,6 +113,69 @@ def test_generator_loss_msi_eq14_and_eq24(msi_weight):
     else:
         assert "msi" not in losses
         assert float(losses["loss"]) == pytest.approx(elbo, rel=1e-5)
+
+
+def _generator_case(msi_weight: float, hidden=(7,), items: int = 19, batch: int = 6):
+    cfg = DiffMMConfig(steps=4, noise_scale=0.5, noise_min=0.1, noise_max=0.4, first_beta=None, dim=3,
+                       msi_weight=msi_weight, denoiser_hidden=hidden, time_dim=4, denoiser_dropout=0.4)
+    gen = torch.Generator().manual_seed(1)
+    generator = DiffusionGenerator(items, cfg).train()
+    rows = (torch.rand(batch, items, generator=gen) < 0.3).float() * (1 + torch.rand(batch, items, generator=gen))
+    ctx = GeneratorContext(torch.randn(4, 3, generator=gen), torch.randn(items, 3, generator=gen),
+                           torch.randn(items, 3, generator=gen), None)
+    return generator, rows.to_sparse_csr(), ctx
+
+
+@pytest.mark.parametrize("msi_weight", [0.0, 0.3])
+@pytest.mark.parametrize("hidden", [(7,), (7, 5)])
+def test_fused_generator_loss_equals_the_plain_form(msi_weight, hidden):
+    """The MLP denoiser's one-pass loss (workspace buffers, fused output backward) against the plain form
+    (elbo_terms + Eq. 14 under autograd): the same random draws, losses and gradients, chunk after chunk."""
+    generator, rows, ctx = _generator_case(msi_weight, hidden)
+    plain = copy.deepcopy(generator)
+    ctx.workspace = Workspace()
+    pointers = set()
+    for seed in (3, 4):  # the second chunk reuses the first one's buffers
+        torch.manual_seed(seed)
+        fused = generator.loss(rows, torch.arange(6), ctx)
+        fused["loss"].backward()
+        pointers.add(tuple(b.data_ptr() for b in ctx.workspace._buffers.values()))
+        torch.manual_seed(seed)
+        expected = plain._plain_loss(rows, ctx)
+        expected["loss"].backward()
+        assert fused.keys() == expected.keys()
+        for name in fused:
+            assert float(fused[name].detach()) == pytest.approx(float(expected[name].detach()), rel=1e-6)
+    assert len(pointers) == 1 and len(next(iter(pointers))) == 4  # alpha_0, alpha_t, the mask, alpha_hat_0
+    for (name, p), q in zip(generator.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_fused_generator_loss_under_bf16_autocast():
+    generator, rows, ctx = _generator_case(0.3)
+    plain = copy.deepcopy(generator)
+    torch.manual_seed(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = generator.loss(rows, torch.arange(6), ctx)
+    fused["loss"].backward()
+    torch.manual_seed(3)
+    expected = plain._plain_loss(rows, ctx)  # float32
+    expected["loss"].backward()
+    assert float(fused["loss"].detach()) == pytest.approx(float(expected["loss"].detach()), rel=0.05)
+    for p, q in zip(generator.parameters(), plain.parameters()):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=0.1, atol=0.05 * float(q.grad.abs().max()))
+
+
+def test_a_workspace_buffer_overwritten_before_its_backward_is_refused():
+    """The next chunk writes into the buffers the first one saved for its backward: that backward raises
+    rather than reading the second chunk's numbers."""
+    generator, rows, ctx = _generator_case(0.3)
+    ctx.workspace = Workspace()
+    first = generator.loss(rows, torch.arange(6), ctx)
+    generator.loss(rows, torch.arange(6), ctx)
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        first["loss"].backward()
 
 
 # --------------------------------------------------------------------------------------- Eq. 18-19

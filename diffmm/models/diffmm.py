@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from diffmm.config import DiffMMConfig
 from diffmm.contrastive import info_nce, l2_normalize
 from diffmm.denoiser import frozen_weights
+from diffmm.dense import Workspace
 from diffmm.optim import Adam
 from diffmm.data.dataset import RecDataset
 from diffmm.graph import (Adjacency, SparseRows, bipartite, csr_from_tensors, csr_to_tensors, edge_dropout,
@@ -202,9 +203,10 @@ class DiffMM(Recommender):
         rec = [p for name, p in self.named_parameters() if not name.startswith("generators.")]
         return {"rec": adam(rec, lr), "generator": adam(self.generators.parameters(), lr)}
 
-    def generator_context(self, m: str, features: dict[str, torch.Tensor]) -> GeneratorContext:
+    def generator_context(self, m: str, features: dict[str, torch.Tensor],
+                          workspace: Workspace | None = None) -> GeneratorContext:
         return GeneratorContext(self.user_embedding.detach(), self.item_embedding.detach(),
-                                features[m].detach(), self.graph)
+                                features[m].detach(), self.graph, workspace)
 
     @property
     def _low_precision(self) -> torch.dtype:
@@ -237,7 +239,8 @@ class DiffMM(Recommender):
         """
         with torch.no_grad():
             features = self.modal_features()
-        contexts = {m: self.generator_context(m, features) for m in self.modalities}
+        workspace = Workspace()  # every chunk of every modality writes its (rows x items) blocks into the same memory
+        contexts = {m: self.generator_context(m, features, workspace) for m in self.modalities}
         budget = memory.chunk_bytes(self.device.type, memory.GENERATOR_CHUNK_BYTES)
         totals, n = {}, 0
         for users in self._user_batches(shuffle=True):
