@@ -5,13 +5,16 @@ A row-major (rows, cols) float32 result whose row length is not a multiple of 16
 kernels that write it (MKL on CPU) slow down: on the 2-core machine of 2026-12-01,
 (625 x 1000) @ (1000 x 6710) runs at ~120 GFLOP/s into a plain (625, 6710) tensor and at
 ~180 GFLOP/s into a (625, 6720) buffer's first 6,710 columns, the speed of the aligned shapes
-around it. :func:`aligned_empty` allocates such a view; :func:`linear` is ``F.linear`` whose output
-and weight gradient are written into one. Same values (up to the float rounding of a different
-blocking) and the same gradients.
+around it (on 2026-12-03 the same products ran at the same speed either way: the machine's CPU
+differs from day to day). :func:`aligned_empty` allocates such a view; :func:`linear` is ``F.linear``
+whose output is written into one, and whose weight gradient is added straight into an existing
+``.grad`` (:func:`accumulate_grad`). Same values (up to the float rounding of a different blocking)
+and the same gradients.
 
 :class:`Workspace` keeps such blocks for a loop over chunks of equal size (the denoisers' training
 pass): each chunk writes into the memory the previous one used, instead of fresh pages that the OS
-must fault in and zero for every chunk.
+must fault in and zero for every chunk; with the weights' ``.grad`` taken from it too, the weight
+gradients of all chunks accumulate in place.
 """
 
 from __future__ import annotations
@@ -40,15 +43,28 @@ class Workspace:
     def __init__(self):
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def take(self, name: str, rows: int, cols: int, like: torch.Tensor, aligned: bool = False) -> torch.Tensor:
-        """(rows, cols) with ``like``'s dtype and device; ``aligned``: rows start on 64-byte boundaries."""
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+        """A tensor of ``shape`` with ``like``'s dtype and device; ``aligned`` (2-d): rows start on 64-byte
+        boundaries. A buffer serves any shape that differs only by fewer leading rows."""
         buffer = self._buffers.get(name)
-        if (buffer is None or buffer.shape[0] < rows or buffer.shape[1] != cols or buffer.dtype != like.dtype
-                or buffer.device != like.device):
-            buffer = (aligned_empty(rows, cols, like.dtype, like.device) if aligned
-                      else torch.empty(rows, cols, dtype=like.dtype, device=like.device))
+        if (buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != tuple(shape[1:])
+                or buffer.dtype != like.dtype or buffer.device != like.device):
+            buffer = (aligned_empty(*shape, like.dtype, like.device) if aligned
+                      else torch.empty(shape, dtype=like.dtype, device=like.device))
             self._buffers[name] = buffer
-        return buffer[:rows]
+        return buffer[:shape[0]]
+
+
+def accumulate_grad(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """The weight gradient ``a @ b`` for a backward to return; or, where ``weight`` is a leaf whose ``.grad``
+    is already there (a loop over chunks, or a caller that set it), added into that ``.grad`` by the product
+    itself, and None returned. What autograd's accumulation would leave in ``.grad`` either way, without the
+    (out x in) temporary and the pass that adds it."""
+    grad = weight.grad if weight.is_leaf else None
+    if grad is None or grad.dtype != a.dtype:
+        return a @ b
+    grad.addmm_(a, b)
+    return None
 
 
 def autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -76,20 +92,19 @@ def addmm(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: flo
 
 
 class _Linear(torch.autograd.Function):
-    """x W^T + b, with the output and dL/dW in aligned rows (dL/dW is copied into ``W.grad``'s layout
-    by autograd's accumulation: one pass over W, cheaper than the slow product it replaces)."""
+    """x W^T + b, with the output in aligned rows; dL/dW goes through :func:`accumulate_grad`."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.weight = bias is not None, weight
         return addmm(bias, x, weight.T)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_w = addmm(None, grad.T, x) if ctx.needs_input_grad[1] else None
+        grad_w = accumulate_grad(ctx.weight, grad.T, x) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 

@@ -61,3 +61,38 @@ def test_products_run_in_the_autocast_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dense.linear(x, w, b).dtype == torch.bfloat16 == F.linear(x, w, b).dtype
         assert dense.addmm(b, x, w.T).dtype == torch.bfloat16
+
+
+def test_a_weight_gradient_is_added_into_an_existing_grad_in_place():
+    torch.manual_seed(0)
+    layer, plain = torch.nn.Linear(21, 37).double(), torch.nn.Linear(21, 37).double()
+    plain.load_state_dict(layer.state_dict())
+    buffer = torch.full((37, 21), 0.25, dtype=torch.float64)
+    layer.weight.grad, plain.weight.grad = buffer, buffer.clone()
+    for _ in range(2):  # chunk after chunk
+        x = torch.randn(5, 21, dtype=torch.float64)
+        dense.linear(x, layer.weight, layer.bias).square().sum().backward()
+        F.linear(x, plain.weight, plain.bias).square().sum().backward()
+    assert layer.weight.grad is buffer  # the same memory, no temporary copied in
+    torch.testing.assert_close(layer.weight.grad, plain.weight.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.bias.grad, plain.bias.grad, rtol=0, atol=1e-12)
+
+
+def test_a_weight_that_is_not_a_leaf_gets_its_gradient_returned(recwarn):
+    w = torch.randn(6, 8, requires_grad=True)
+    scaled = w * 2.0  # not a leaf: its gradient flows on to w
+    dense.linear(torch.randn(3, 8), scaled).sum().backward()
+    assert w.grad is not None and not [r for r in recwarn if ".grad attribute" in str(r.message)]
+
+
+def test_a_workspace_reuses_its_buffers_for_shapes_that_fit():
+    workspace, like = dense.Workspace(), torch.empty(0)
+    a = workspace.take("x", (8, 5), like)
+    assert workspace.take("x", (8, 5), like).data_ptr() == a.data_ptr()
+    assert workspace.take("x", (3, 5), like).shape == (3, 5)  # fewer rows: the same buffer's first rows
+    assert workspace.take("x", (3, 5), like).data_ptr() == a.data_ptr()
+    assert workspace.take("x", (9, 5), like).shape == (9, 5)  # more rows or another width: a new buffer
+    assert workspace.take("x", (9, 6), like).shape == (9, 6)
+    assert workspace.take("x", (9, 6), torch.empty(0, dtype=torch.float64)).dtype == torch.float64
+    aligned = workspace.take("y", (4, 17), like, aligned=True)
+    assert aligned.stride(0) == 32 and workspace.take("b", (7,), like).shape == (7,)

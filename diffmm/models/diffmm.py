@@ -247,6 +247,9 @@ class DiffMM(Recommender):
             parts = users.tensor_split(memory.chunk_count(len(users), 4 * self.n_items, budget))
             chunks = [(c, self.train_rows(c)) for c in parts]
             for m, generator in self.generators.items():
+                # each chunk's gradients accumulate in place into buffers that the modalities take in turn
+                for i, p in enumerate(generator.parameters()):
+                    p.grad = workspace.take(f"grad/{i}", p.shape, p).zero_()
                 for chunk_users, rows in chunks:
                     share = len(chunk_users) / len(users)
                     with self._autocast():

@@ -54,10 +54,10 @@ class DiffusionGenerator(nn.Module):
         diffusion, denoiser, msi = self.diffusion, self.denoiser, bool(self.config.msi_weight)
         workspace = ctx.workspace or dense.Workspace()
         (batch, items), like = rows.shape, ctx.item_embedding
-        x0 = _dense_rows(rows, workspace.take("x0", batch, items, like))  # alpha_0
+        x0 = _dense_rows(rows, workspace.take("x0", (batch, items), like))  # alpha_0
         t = diffusion.sample_steps(batch, x0.device)
-        x_t = diffusion.q_sample(x0, t, out=workspace.take("x_t", batch, items, like))  # Eq. 2
-        x_in = denoiser.drop(x_t, workspace.take("mask", batch, items, like))  # in place on x_t
+        x_t = diffusion.q_sample(x0, t, out=workspace.take("x_t", (batch, items), like))  # Eq. 2
+        x_in = denoiser.drop(x_t, workspace.take("mask", (batch, items), like))  # in place on x_t
         hidden = denoiser.hidden(denoiser.input_product(x_in), t)
         observed = None
         if msi:
@@ -66,7 +66,7 @@ class DiffusionGenerator(nn.Module):
         last = denoiser.layers[-1]
         elbo, msi_loss = _ReconstructionLosses.apply(*dense.autocast_inputs(hidden, last.weight, last.bias), x0,
                                                      diffusion.loss_weight[t], ctx.features if msi else None, observed,
-                                                     workspace.take("x0_hat", batch, items, like, aligned=True))
+                                                     workspace.take("x0_hat", (batch, items), like, aligned=True))
         losses = {"elbo": elbo, "msi": msi_loss} if msi else {"elbo": elbo}
         losses["loss"] = elbo + self.config.msi_weight * msi_loss if msi else elbo  # Eq. 24
         return losses
@@ -107,9 +107,9 @@ class _ReconstructionLosses(torch.autograd.Function):
 
     alpha_hat_0 = a W_L^T + b_L is written into ``out`` (a (B, I) float32 buffer), read once by MSI's product,
     and turned into alpha_hat_0 - alpha_0 in place; the backward turns that into dL / d alpha_hat_0 in place
-    and returns the gradients of a, W_L and b_L. Autograd over the plain expressions would allocate five more
-    (B, I) blocks a chunk (the squared errors, their mean's and the MSE's gradients, MSI's gradient and its
-    sum). ``step_weight``: Eq. 11's weight per row (B,); ``features`` (I, d) and ``observed`` (B, d): e_m^i
+    and returns the gradients of a, W_L (:func:`dense.accumulate_grad`) and b_L. Autograd over the plain
+    expressions would allocate five more (B, I) blocks a chunk (the squared errors, their mean's and the MSE's
+    gradients, MSI's gradient and its sum). ``step_weight``: Eq. 11's weight per row (B,); ``features`` (I, d) and ``observed`` (B, d): e_m^i
     and alpha_0 . e^i of Eq. 14, or None without MSI. The products run in the inputs' dtype (bf16 under
     autocast), the errors and sums in float32.
     """
@@ -139,7 +139,7 @@ class _ReconstructionLosses(torch.autograd.Function):
             if residual is not None:
                 grad.addmm_(residual * (2 * grad_msi / residual.numel()), features.T)  # + d msi / d alpha_hat_0
             low = grad.to(weight.dtype)
-            return (low @ weight, low.T @ hidden, grad.sum(0).to(ctx.bias_dtype),
+            return (low @ weight, dense.accumulate_grad(weight, low.T, hidden), grad.sum(0).to(ctx.bias_dtype),
                     None, None, None, None, None)
 
 
