@@ -488,3 +488,23 @@ def test_denoiser_dropout_is_inverted_dropout_with_rate_p():
     kept = seen[0] != 0
     assert float(kept.float().mean()) == pytest.approx(0.7, abs=0.01)
     torch.testing.assert_close(seen[0][kept], torch.full((int(kept.sum()),), 2.0 / 0.7))
+
+
+def test_drawing_into_buffers_gives_the_same_numbers():
+    """q_sample(out=) and Denoiser.drop(x, mask) draw what the allocating forms draw, from the same stream."""
+    diffusion = GaussianDiffusion(BETAS)
+    x0, t = torch.rand(6, 30), torch.randint(1, len(BETAS) + 1, (6,))
+    torch.manual_seed(7)
+    plain = diffusion.q_sample(x0, t)
+    torch.manual_seed(7)
+    buffer = torch.full((6, 30), float("nan"))
+    assert diffusion.q_sample(x0, t, out=buffer) is buffer
+    torch.testing.assert_close(buffer, plain, rtol=0, atol=0)
+    denoiser = Denoiser(30, hidden=(4,), time_dim=4, dropout=0.4).train()
+    torch.manual_seed(8)
+    dropped = denoiser.drop(plain)
+    torch.manual_seed(8)
+    in_place = denoiser.drop(buffer, torch.empty(6, 30))
+    assert in_place is buffer
+    torch.testing.assert_close(in_place, dropped, rtol=0, atol=0)
+    assert denoiser.eval().drop(plain) is plain
