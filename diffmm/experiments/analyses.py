@@ -133,6 +133,11 @@ class Analysis:
     def id(self) -> str:
         return f"{self.dataset}/{self.name}"
 
+    @property
+    def baselines_only(self) -> bool:
+        """A comparison without DiffMM (a dataset it cannot train on, e.g. one without item features)."""
+        return all(p.label != "DiffMM" for p in self.points)
+
     def runs(self, protocols: dict[str, dict[str, Protocol]] | None = None) -> list[tuple[Point, int, RunConfig]]:
         """Every (point, seed, full RunConfig) of this analysis."""
         protocols = PROTOCOLS if protocols is None else protocols

@@ -42,7 +42,7 @@ def finding(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict], me
     noise = seed_std(table, metric)
     noise_text = f"the seed std of one point is ~{noise:.4f}" if np.isfinite(noise) else "one seed per point so far"
     m = f"{metric} mean"
-    if analysis.kind == "bars" and "DiffMM" not in set(table["label"]) and analysis.name == "table2_comparison":
+    if analysis.kind == "bars" and analysis.baselines_only:
         return ("Recall@20 at the validation-selected epoch: " + "; ".join(
             f"{row['label']} {_fmt(row[m], row[f'{metric} std'], row['seeds'])}" for _, row in have.iterrows())
             + f"; {noise_text}.")

@@ -82,7 +82,7 @@ def verdict(analysis: Analysis, runs: pd.DataFrame, records: dict[str, dict],
 
 
 def _leads(analysis, table, m, bar, runs, records):
-    if all(p.label != "DiffMM" for p in analysis.points):  # a dataset DiffMM cannot train on: the baselines only
+    if analysis.baselines_only:
         return _as_reported(analysis, table, m, bar, runs, records)
     ours = table[table["label"] == "DiffMM"]
     others = table[table["label"] != "DiffMM"]
