@@ -78,14 +78,16 @@ def autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None,
 
 
 def addmm(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: float = 1.0,
-          alpha: float = 1.0) -> torch.Tensor:
-    """``beta * bias + alpha * (a @ b)`` (``bias`` broadcast over rows, or None) into aligned rows.
+          alpha: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``beta * bias + alpha * (a @ b)`` (``bias`` broadcast over rows, or None) into aligned rows: into ``out``
+    where it is given with the product's dtype (after autocast), else into a new buffer.
 
     Not differentiable (``out=`` products are not): where autograd records, the plain product is used."""
     bias, a, b = autocast_inputs(bias, a, b)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (bias, a, b)):
         return (a @ b).mul(alpha) if bias is None else torch.addmm(bias, a, b, beta=beta, alpha=alpha)
-    out = aligned_empty(a.shape[0], b.shape[1], a.dtype, a.device)
+    if out is None or out.dtype != a.dtype:
+        out = aligned_empty(a.shape[0], b.shape[1], a.dtype, a.device)
     if bias is None:
         return torch.mm(a, b, out=out).mul_(alpha) if alpha != 1.0 else torch.mm(a, b, out=out)
     return torch.addmm(bias, a, b, beta=beta, alpha=alpha, out=out)

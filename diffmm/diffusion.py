@@ -124,24 +124,26 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def reverse(self, denoiser: nn.Module, x0: torch.Tensor, forward_steps: int = 0,
-                return_trajectory: bool = False):
+                return_trajectory: bool = False, workspace: dense.Workspace | None = None):
         """Sec. 2.2.3 inference: noise x0 for T' forward steps, then T deterministic reverse steps.
 
         alpha_hat_{t-1} = mu_theta(alpha_hat_t, t) (Eq. 10, variance ignored). ``x0``: (B, n_items), dense
         or sparse. Returns alpha_hat_0 (B, n_items), and the list [alpha_hat_T', ..., alpha_hat_0] if ``return_trajectory``.
         ``denoiser(x, t)`` may be any x0-predictor; an MLP with ``input_product``, ``hidden`` and ``output_to_input``
-        (:class:`~diffmm.denoiser.Denoiser`) runs the same recursion in its hidden space.
+        (:class:`~diffmm.denoiser.Denoiser`) runs the same recursion in its hidden space, and there, given a
+        ``workspace``, writes alpha_hat_0 into its buffer, which the next call with that workspace overwrites.
         """
         if not 0 <= forward_steps <= self.steps:
             raise ValueError(f"forward_steps must be in [0, {self.steps}], got {forward_steps}")
-        observed = x0  # dense, or sparse (CSR or COO)
+        hidden_space = all(hasattr(denoiser, f) for f in ("input_product", "hidden", "output_to_input"))
+        if hidden_space and forward_steps == 0:
+            # the first input product takes the observed vectors as given (sparse stays sparse)
+            return self._reverse_in_hidden_space(denoiser, x0, x0, return_trajectory, workspace)
         x = x0 = x0.to_dense() if x0.layout != torch.strided else x0
         if forward_steps > 0:
             x = self.q_sample(x0, torch.full((x0.shape[0],), forward_steps, device=x0.device))
-        if all(hasattr(denoiser, f) for f in ("input_product", "hidden", "output_to_input")):
-            # at T' = 0 the first input product takes the observed vectors as given (sparse stays sparse)
-            first = observed if forward_steps == 0 else x
-            return self._reverse_in_hidden_space(denoiser, x, first, return_trajectory)
+        if hidden_space:
+            return self._reverse_in_hidden_space(denoiser, x, x, return_trajectory, workspace)
         trajectory = [x]
         for step in range(self.steps, 0, -1):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
@@ -151,24 +153,32 @@ class GaussianDiffusion(nn.Module):
         return (x, trajectory) if return_trajectory else x
 
     def _reverse_in_hidden_space(self, denoiser: nn.Module, start: torch.Tensor, first_input: torch.Tensor,
-                                 return_trajectory: bool):
+                                 return_trajectory: bool, workspace: dense.Workspace | None = None):
         """The reverse loop for a denoiser x0_hat(x, t) = W_L a(W_0 x, t) + b_L (exact algebra, no approximation).
 
         Eq. 10 mixes alpha_t and x0_hat linearly, so every state is
         alpha_t = W_L A_t + beta_t b_L + g_t alpha_start, with A, beta, g updated by the Eq. 10 coefficients,
         and the next input product W_0 alpha_{t-1} = c_x0 (W_0 W_L a_t + W_0 b_L) + c_xt W_0 alpha_t.
         A step then costs one (B, H_L) x (H_L, H_0) product instead of the two (B, items) x (items, H)
-        products of the plain loop; alpha_hat_0 is made once, by one output product, at the end.
+        products of the plain loop; alpha_hat_0 is made once, by one output product, at the end. ``start``
+        (dense or sparse) is made dense only where a state needs it: the trajectory's, not alpha_hat_0 (Eq. 10
+        gives alpha_t the coefficient 0 at t = 1, gamma_bar_0 being 1).
         """
         last = denoiser.layers[-1]
         mix, mix_bias = denoiser.output_to_input()  # W_0 W_L (H_0, H_L), W_0 b_L (H_0,)
         z = denoiser.input_product(first_input)  # W_0 alpha_start (first_input: alpha_start, maybe as sparse)
         acc, beta, g = None, 0.0, 1.0  # alpha_t = W_L acc + beta b_L + g alpha_start
 
-        def state() -> torch.Tensor:
-            x = dense.addmm(last.bias, acc, last.weight.T, beta=beta).float()
-            return x.add_(start, alpha=g) if g else x
+        def state(out: torch.Tensor | None = None) -> torch.Tensor:
+            nonlocal start
+            x = dense.addmm(last.bias, acc, last.weight.T, beta=beta, out=out).float()
+            if g:
+                start = start.to_dense() if start.layout != torch.strided else start
+                x.add_(start, alpha=g)
+            return x
 
+        if return_trajectory:
+            start = start.to_dense() if start.layout != torch.strided else start
         trajectory = [start]
         for step in range(self.steps, 0, -1):
             t = torch.full((start.shape[0],), step, device=start.device, dtype=torch.long)
@@ -180,8 +190,10 @@ class GaussianDiffusion(nn.Module):
             beta, g = c_x0 + c_xt * beta, c_xt * g
             if return_trajectory:
                 trajectory.append(state())
-        x = trajectory[-1] if return_trajectory else state()
-        return (x, trajectory) if return_trajectory else x
+        if return_trajectory:
+            return trajectory[-1], trajectory
+        shape = (start.shape[0], last.weight.shape[0])
+        return state(None if workspace is None else workspace.take("alpha_hat_0", shape, acc, aligned=True))
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}, gamma_bar_T={float(self.gamma_bar[-1]):.5f}"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from diffmm.dense import Workspace
 from diffmm.denoiser import Denoiser, frozen_weights, timestep_embedding
 from diffmm.diffusion import GaussianDiffusion, linear_schedule
 
@@ -362,6 +363,18 @@ def test_reverse_in_hidden_space_equals_the_plain_loop(hidden, forward_steps):
     for sparse in (x0.to_sparse_csr(), x0.to_sparse()):  # the observed vectors handed over as sparse
         torch.manual_seed(3)
         torch.testing.assert_close(diffusion.reverse(denoiser, sparse, forward_steps), fast)
+        for trajectory in (True, False):  # with and without the trajectory, which needs them dense
+            torch.manual_seed(3)
+            got = diffusion.reverse(denoiser, sparse, forward_steps, return_trajectory=trajectory)
+            torch.testing.assert_close(got[0] if trajectory else got, fast)
+    workspace = Workspace()  # alpha_hat_0 into a buffer that the next call overwrites
+    torch.manual_seed(3)
+    first = diffusion.reverse(denoiser, x0.to_sparse_csr(), forward_steps, workspace=workspace).clone()
+    torch.manual_seed(3)
+    again = diffusion.reverse(denoiser, x0.to_sparse_csr(), forward_steps, workspace=workspace)
+    assert again.data_ptr() == workspace._buffers["alpha_hat_0"].data_ptr()
+    torch.testing.assert_close(first, fast)
+    torch.testing.assert_close(again, fast)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -268,7 +268,8 @@ class DiffMM(Recommender):
         was_training = self.training
         self.eval()
         features = self.modal_features()
-        contexts = {m: self.generator_context(m, features) for m in self.modalities}
+        workspace = Workspace()  # each batch's scores overwrite the previous batch's
+        contexts = {m: self.generator_context(m, features, workspace) for m in self.modalities}
         top = {m: [] for m in self.modalities}
         for m, generator in self.generators.items():  # one modality's cached weight maps alive at a time
             with frozen_weights(generator):

@@ -89,7 +89,8 @@ class DiffusionGenerator(nn.Module):
     def scores(self, rows: torch.Tensor, users: torch.Tensor, ctx: GeneratorContext,
                return_trajectory: bool = False):
         """Denoised interaction scores alpha_hat_0 (B, I) by the inference of Sec. 2.2.3; rows sparse CSR."""
-        return self.diffusion.reverse(self.denoiser, rows, self.config.forward_steps, return_trajectory)
+        return self.diffusion.reverse(self.denoiser, rows, self.config.forward_steps, return_trajectory,
+                                      workspace=ctx.workspace)
 
 
 def _dense_rows(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
