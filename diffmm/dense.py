@@ -32,10 +32,10 @@ def aligned_empty(rows: int, cols: int, dtype=torch.float32, device=None) -> tor
 
 
 class Workspace:
-    """Named (rows, cols) buffers that every chunk of a loop reuses: one allocation per name, not per chunk.
+    """Named buffers that every chunk of a loop reuses: one allocation per name, not per chunk.
 
-    ``take`` returns the first ``rows`` rows of the named buffer (uninitialised), reallocating it only when
-    it is too small or of another width, dtype or device. A buffer that autograd saved for a backward pass
+    ``take`` returns the leading rows of the named buffer (uninitialised), reallocating it only when it has
+    too few rows, or another trailing shape, dtype or device. A buffer that autograd saved for a backward pass
     and that the next chunk overwrites before that backward ran makes the backward raise (autograd's
     in-place check), so a buffer is never silently read after reuse.
     """
