@@ -32,7 +32,7 @@ from diffmm import memory
 from diffmm.dense import aligned_empty
 
 LOG2_E, LN_2 = math.log2(math.e), math.log(2.0)
-CHUNK_BYTES = 4 << 20  # on CPU a logits chunk of ~4 MiB stays in cache (TikTok users: 112 rows)
+CHUNK_BYTES = 8 << 20  # a CPU logits chunk of ~8 MiB (TikTok users: 224 rows; 4 MiB: a step 0.6-3.4% longer)
 MAX_UNSHIFTED = 60.0  # base-2 logits within +-60 are exponentiated without subtracting the row maximum
 ROW_MULTIPLE = 16  # anchors are padded to a multiple of this: the products see a few shapes, not one per batch
 
