@@ -43,16 +43,26 @@ class Workspace:
     def __init__(self):
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor, aligned: bool = False) -> torch.Tensor:
-        """A tensor of ``shape`` with ``like``'s dtype and device; ``aligned`` (2-d): rows start on 64-byte
-        boundaries. A buffer serves any shape that differs only by fewer leading rows."""
-        buffer = self._buffers.get(name)
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor, aligned: bool = False,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A tensor of ``shape`` with ``like``'s device and dtype (or ``dtype``); ``aligned`` (2-d): rows start
+        on 64-byte boundaries. A buffer serves any shape that differs only by fewer leading rows."""
+        buffer, dtype = self._buffers.get(name), dtype or like.dtype
         if (buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != tuple(shape[1:])
-                or buffer.dtype != like.dtype or buffer.device != like.device):
-            buffer = (aligned_empty(*shape, like.dtype, like.device) if aligned
-                      else torch.empty(shape, dtype=like.dtype, device=like.device))
+                or buffer.dtype != dtype or buffer.device != like.device):
+            buffer = (aligned_empty(*shape, dtype, like.device) if aligned
+                      else torch.empty(shape, dtype=dtype, device=like.device))
             self._buffers[name] = buffer
         return buffer[:shape[0]]
+
+    def take_like(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A buffer with ``tensor``'s shape, dtype, device and strides (a parameter's ``.grad`` must share its
+        layout: the fused Adam kernel walks both in memory order)."""
+        buffer = self._buffers.get(name)
+        if (buffer is None or buffer.shape != tensor.shape or buffer.stride() != tensor.stride()
+                or buffer.dtype != tensor.dtype or buffer.device != tensor.device):
+            buffer = self._buffers[name] = torch.empty_like(tensor)
+        return buffer
 
 
 def accumulate_grad(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:

@@ -53,7 +53,9 @@ class Adam:
                                          "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                                          "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
             lists = batches.setdefault((p.device, p.dtype), ([], [], [], [], []))
-            for values, tensor in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
+            grad = _laid_out_as(p, p.grad)
+            tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
+            for values, tensor in zip(lists, (*map(_in_memory_order, tensors), state["step"])):
                 values.append(tensor)
         beta1, beta2 = group["betas"]
         for params, grads, exp_avgs, exp_avg_sqs, steps in batches.values():
@@ -103,10 +105,26 @@ class Adam:
                     raise ValueError(f"optimizer state: parameter {i}'s {k} has shape {tuple(s[k].shape)}, "
                                      f"the parameter {tuple(p.shape)}")
             state[p] = {"step": s["step"].to(device=p.device, dtype=torch.float32).reshape(()),
-                        "exp_avg": s["exp_avg"].to(device=p.device, dtype=p.dtype),
-                        "exp_avg_sq": s["exp_avg_sq"].to(device=p.device, dtype=p.dtype)}
+                        "exp_avg": _laid_out_as(p, s["exp_avg"]), "exp_avg_sq": _laid_out_as(p, s["exp_avg_sq"])}
         self.state = state
         group = self.param_groups[0]
         group.update({k: saved[k] for k in ("lr", "eps", "weight_decay") if k in saved})
         if "betas" in saved:
             group["betas"] = tuple(saved["betas"])
+
+
+def _laid_out_as(p: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with ``p``'s dtype, device and strides: the fused kernel walks the parameter, its gradient and
+    its moments in memory order, so a tensor laid out otherwise (a transposed parameter's state written by
+    another version, a gradient set by hand) would be read in the wrong order."""
+    if tensor.stride() == p.stride() and tensor.dtype == p.dtype and tensor.device == p.device:
+        return tensor
+    return torch.empty_like(p).copy_(tensor)
+
+
+def _in_memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with its dimensions permuted into memory order: contiguous for a dense tensor of any strides
+    (a parameter stored transposed), which the fused kernel would otherwise copy to and from a contiguous
+    one on every step. The parameter, its gradient and moments share strides, so they are permuted alike."""
+    order = sorted(range(tensor.dim()), key=lambda d: (-tensor.stride(d), -tensor.shape[d]))
+    return tensor.permute(order) if order != list(range(tensor.dim())) else tensor

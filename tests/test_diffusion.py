@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from diffmm.dense import Workspace
-from diffmm.denoiser import Denoiser, frozen_weights, timestep_embedding
+from diffmm.denoiser import Denoiser, frozen_weights, keep_mask, timestep_embedding
 from diffmm.diffusion import GaussianDiffusion, linear_schedule
 
 # A strong, non-uniform schedule, written by hand, so that every coefficient matters.
@@ -399,7 +399,7 @@ def test_hidden_space_reverse_follows_weight_updates():
     x0 = torch.randint(0, 2, (4, 12), generator=torch.Generator().manual_seed(5)).float()
     with frozen_weights(denoiser):
         before = diffusion.reverse(denoiser, x0.to_sparse_csr())
-        assert set(denoiser._derived) == {"mix", "input_t"}  # computed once for the block
+        assert set(denoiser._derived) == {"mix"}  # computed once for the block
         torch.testing.assert_close(diffusion.reverse(denoiser, x0), before)  # dense input: the same states
     assert not denoiser._derived
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=0.1, fused=True)
@@ -503,8 +503,56 @@ def test_denoiser_dropout_is_inverted_dropout_with_rate_p():
     torch.testing.assert_close(seen[0][kept], torch.full((int(kept.sum()),), 2.0 / 0.7))
 
 
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.1, 0.9])
+def test_keep_mask_keeps_each_entry_with_probability_one_minus_p(p):
+    """16 bits an entry: the kept fraction is 1 - p (within 4 standard errors), p = 0.5 splits the 2^16 values
+    exactly in two, and neighbouring entries are independent (the bits of one 64-bit draw)."""
+    torch.manual_seed(3)
+    keep = keep_mask((250, 4001), p)  # an odd size: the last draw's words are partly unused
+    assert keep.dtype == torch.bool and keep.shape == (250, 4001)
+    n = keep.numel()
+    assert abs(float(keep.float().mean()) - (1 - p)) < 4 * math.sqrt(p * (1 - p) / n)
+    flat = keep.flatten()[: n // 4 * 4].view(-1, 4).float()  # the four entries of each draw
+    both = float((flat[:, 0] * flat[:, 1]).mean())
+    assert abs(both - (1 - p) ** 2) < 4 * math.sqrt((1 - p) ** 2 / (n // 4))
+    words = torch.arange(-2**15, 2**15, dtype=torch.int16)
+    assert int((words >= round(0.5 * 65536) - 32768).sum()) == 2**15
+
+
+def test_layer_zero_is_stored_transposed_and_trains_as_a_contiguous_one():
+    """W_0 lives as (items, hidden) rows; the same init values, and an Adam step on it (the fused kernel
+    walks memory order) gives what it gives on a contiguous copy, also with a gradient in the other layout."""
+    from diffmm.optim import Adam
+
+    torch.manual_seed(0)
+    denoiser = Denoiser(30, hidden=(8,), time_dim=4)
+    w = denoiser.layers[0].weight
+    assert w.shape == (8, 30) and w.T.is_contiguous()
+    torch.manual_seed(0)
+    assert float(w.detach().std()) == pytest.approx(math.sqrt(2.0 / (30 + 4 + 8)), rel=0.25)
+    plain = nn.Parameter(w.detach().contiguous())
+    grad = torch.randn(8, 30)
+    for grad_layout in (grad, grad.T.contiguous().T):
+        a, b = nn.Parameter(w.detach().clone(memory_format=torch.preserve_format)), nn.Parameter(plain.detach().clone())
+        opt_a, opt_b = Adam([a], lr=0.1), Adam([b], lr=0.1)
+        for _ in range(3):
+            a.grad, b.grad = grad_layout.clone(memory_format=torch.preserve_format), grad.clone()
+            opt_a.step()
+            opt_b.step()
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
+    state = Adam([plain], lr=0.1)
+    plain.grad = grad.clone()
+    state.step()
+    moved = Adam([nn.Parameter(w.detach().clone(memory_format=torch.preserve_format))], lr=0.1)
+    moved.load_state_dict(state.state_dict())  # moments written for a row-major parameter
+    assert all(s["exp_avg"].stride() == w.stride() for s in moved.state.values())
+    torch.testing.assert_close(next(iter(moved.state.values()))["exp_avg"], state.state[plain]["exp_avg"])
+    workspace = Workspace()
+    assert workspace.take_like("g", w).stride() == w.stride()
+
+
 def test_drawing_into_buffers_gives_the_same_numbers():
-    """q_sample(out=) and Denoiser.drop(x, mask) draw what the allocating forms draw, from the same stream."""
+    """q_sample(out=) and Denoiser.drop(x, workspace) draw what the allocating forms draw, from the same stream."""
     diffusion = GaussianDiffusion(BETAS)
     x0, t = torch.rand(6, 30), torch.randint(1, len(BETAS) + 1, (6,))
     torch.manual_seed(7)
@@ -517,7 +565,9 @@ def test_drawing_into_buffers_gives_the_same_numbers():
     torch.manual_seed(8)
     dropped = denoiser.drop(plain)
     torch.manual_seed(8)
-    in_place = denoiser.drop(buffer, torch.empty(6, 30))
+    workspace = Workspace()
+    workspace.take("dropout/words", (50,), buffer, dtype=torch.int64).fill_(-1)  # longer than the 45 words drawn
+    in_place = denoiser.drop(buffer, workspace)
     assert in_place is buffer
     torch.testing.assert_close(in_place, dropped, rtol=0, atol=0)
     assert denoiser.eval().drop(plain) is plain

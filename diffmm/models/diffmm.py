@@ -249,7 +249,7 @@ class DiffMM(Recommender):
             for m, generator in self.generators.items():
                 # each chunk's gradients accumulate in place into buffers that the modalities take in turn
                 for i, p in enumerate(generator.parameters()):
-                    p.grad = workspace.take(f"grad/{i}", p.shape, p).zero_()
+                    p.grad = workspace.take_like(f"grad/{i}", p).zero_()
                 for chunk_users, rows in chunks:
                     share = len(chunk_users) / len(users)
                     with self._autocast():

@@ -57,7 +57,7 @@ class DiffusionGenerator(nn.Module):
         x0 = _dense_rows(rows, workspace.take("x0", (batch, items), like))  # alpha_0
         t = diffusion.sample_steps(batch, x0.device)
         x_t = diffusion.q_sample(x0, t, out=workspace.take("x_t", (batch, items), like))  # Eq. 2
-        x_in = denoiser.drop(x_t, workspace.take("mask", (batch, items), like))  # in place on x_t
+        x_in = denoiser.drop(x_t, workspace)  # in place on x_t
         hidden = denoiser.hidden(denoiser.input_product(x_in), t)
         observed = None
         if msi:
