@@ -56,8 +56,9 @@ class Workspace:
         return buffer[:shape[0]]
 
     def take_like(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """A buffer with ``tensor``'s shape, dtype, device and strides (a parameter's ``.grad`` must share its
-        layout: the fused Adam kernel walks both in memory order)."""
+        """A buffer with ``tensor``'s shape, dtype, device and strides: a parameter's ``.grad`` in the parameter's
+        layout (the fused Adam kernel walks both in memory order; :class:`diffmm.optim.Adam` copies one laid out
+        otherwise)."""
         buffer = self._buffers.get(name)
         if (buffer is None or buffer.shape != tensor.shape or buffer.stride() != tensor.stride()
                 or buffer.dtype != tensor.dtype or buffer.device != tensor.device):
