@@ -1,6 +1,7 @@
 """``python -m diffmm bench``: time one DiffMM epoch by phase and compare it with this machine's floor.
 
-In one run it (1) measures the matmul rate of this machine in float32 and bfloat16, (2) counts
+In one run it (1) measures the matmul rate of this machine in float32 and bfloat16 (and, on CPU, that of
+oneDNN's float32 products, which torch bundles besides MKL), (2) counts
 the floating-point work of one epoch from the data sizes and the config, (3) trains a few epochs
 timing each phase (generator training, graph generation, recommender training, evaluation),
 and (4) records peak memory. ``floor_s`` = FLOPs / matmul rate at the chosen precision (mean of the rates measured before and
@@ -40,33 +41,57 @@ PHASES = {"generator_train": "generator training", "graph_generation": "graph ge
           "recommender": "recommender (BPR+CL)", "evaluation": "evaluation"}
 
 
-def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 7, device="cpu") -> float:
-    """Median FLOP/s of an (n x n) @ (n x n) product."""
+def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 7, device="cpu",
+                backend: str = "torch") -> float:
+    """Median FLOP/s of an (n x n) @ (n x n) product.
+
+    ``backend``: 'torch' is ``a @ b`` (on CPU: MKL for float32, what this package's products run on);
+    'onednn' the same product by oneDNN, which torch bundles (``torch.ops.mkldnn._linear_pointwise``, the
+    weight converted to its layout in every call), float32 on CPU only: the rate the machine offers besides.
+    """
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up
+    if backend == "onednn":
+        def product():
+            return torch.ops.mkldnn._linear_pointwise(a, b.to_mkldnn(), None, "none", [], "")  # a @ b^T
+    else:
+        def product():
+            return a @ b
+    product()  # warm-up
     times = []
     for _ in range(repeats):
         if device != "cpu":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        a @ b
+        product()
         if device != "cpu":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times)
 
 
+def onednn_rate_or_none(n: int = 2048) -> float | None:
+    """:func:`matmul_rate` by oneDNN in float32, or None where this torch or CPU has no oneDNN path."""
+    try:
+        return matmul_rate(torch.float32, n, backend="onednn") if torch.backends.mkldnn.is_available() else None
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+
+
 def matmul_rates_in_child(device: str, threads: int, precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, float]:
-    """:func:`matmul_rate` for each precision ('fp32', 'bf16'), measured in a child process on the same machine
-    (CPUs without bf16 instructions emulate it: minutes for the probe, so measure it only when it is used).
+    """:func:`matmul_rate` for each precision ('fp32', 'bf16'; 'fp32_onednn': float32 by oneDNN, left out where
+    there is none), measured in a child process on the same machine (CPUs without bf16 instructions emulate it:
+    minutes for the probe, so measure it only when it is used).
 
     The probe's 2048 x 2048 products leave BLAS / oneDNN buffers behind (~60-80 MB on CPU); run here,
     they would count toward the peak RSS that the bench reports for training.
     """
-    code = ("import json, sys, torch; from diffmm.bench import matmul_rate; torch.set_num_threads(int(sys.argv[2])); "
-            "print(json.dumps({k: matmul_rate(getattr(torch, d), device=sys.argv[1]) "
-            "for k, d in (('fp32', 'float32'), ('bf16', 'bfloat16')) if k in sys.argv[3].split(',')}))")
+    code = ("import json, sys, torch; from diffmm.bench import matmul_rate, onednn_rate_or_none; "
+            "torch.set_num_threads(int(sys.argv[2])); wanted = sys.argv[3].split(','); "
+            "rates = {k: matmul_rate(getattr(torch, d), device=sys.argv[1]) "
+            "for k, d in (('fp32', 'float32'), ('bf16', 'bfloat16')) if k in wanted}; "
+            "rates.update(fp32_onednn=onednn_rate_or_none() if 'fp32_onednn' in wanted else None); "
+            "print(json.dumps({k: v for k, v in rates.items() if v is not None}))")
     out = subprocess.run([sys.executable, "-c", code, device, str(threads), ",".join(precisions)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,7 +203,8 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     def rates_now() -> dict[str, float]:
         if not probe:
             return {"fp32": math.nan, precision: math.nan}
-        return matmul_rates_in_child(device, torch.get_num_threads(), tuple(dict.fromkeys(("fp32", precision))))
+        extra = ("fp32_onednn",) if device == "cpu" else ()
+        return matmul_rates_in_child(device, torch.get_num_threads(), tuple(dict.fromkeys(("fp32", precision, *extra))))
 
     before = rates_now()
     flops = epoch_flops(dataset, cfg, train)
@@ -200,17 +226,23 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     epoch_s = out["generator_train_s"] + out["graph_generation_s"] + out["recommender_s"] + out["evaluation_s"]
     # a shared machine's speed drifts: the floor uses the mean of the rates measured before and after
     after = rates_now()
-    rates = {k: (before[k] + after[k]) / 2 for k in before}
+    rates = {k: (before[k] + after[k]) / 2 for k in before if k in after}
     rate = rates[precision]
     out.update(epoch_s=epoch_s, floor_s=flops.total / rate, tflop_per_epoch=flops.total / 1e12,
                gflops_fp32=rates["fp32"] / 1e9, gflops_bf16=rates["bf16"] / 1e9 if "bf16" in rates else None,
                precision=precision,
-               gflops_before_after={k: [before[k] / 1e9, after[k] / 1e9] for k in before},
+               gflops_before_after={k: [before[k] / 1e9, after[k] / 1e9] for k in rates},
                peak_rss_mb=memory.peak_rss_mib(),  # since training started (Trainer.fit)
                threads=torch.get_num_threads(), device=device,
                valid_recall20=float(h["valid_recall@20"].iloc[-1]), epochs=epochs,
                flops={k: v / 1e12 for k, v in vars(flops).items()})
     out["epoch_over_floor"] = out["epoch_s"] / out["floor_s"]
+    # the same work at oneDNN's float32 rate, where the CPU runs it faster than torch's products (MKL): the
+    # headroom a move of the products to oneDNN would have (AMD EPYC, 2026-12-03: ~1.5x)
+    onednn = rates.get("fp32_onednn") if precision == "fp32" else None
+    out["gflops_fp32_onednn"] = onednn / 1e9 if onednn else None
+    out["onednn_floor_s"] = flops.total / onednn if onednn else None
+    out["epoch_over_onednn_floor"] = out["epoch_s"] / out["onednn_floor_s"] if onednn else None
     # per phase: the rate it reached and its time over its own floor (where it does dense work)
     out["phase_gflops"] = {k: getattr(flops, k) / out[f"{k}_s"] / 1e9 if out[f"{k}_s"] else None for k in PHASES}
     out["phase_over_floor"] = {k: out[f"{k}_s"] * rate / getattr(flops, k) if getattr(flops, k) else None
@@ -234,6 +266,8 @@ def format_table(r: dict) -> str:
                 if r["epochs"] > 1 else "   (one epoch: the first, with a run's one-time costs)"),
              f"floor ({r['precision']}): {r['floor_s']:.2f} s -> epoch / floor = {r['epoch_over_floor']:.2f}; "
              f"peak RSS {r['peak_rss_mb']:.0f} MiB",
+             *([f"floor at oneDNN's fp32 rate ({r['gflops_fp32_onednn']:.0f} GFLOP/s): {r['onednn_floor_s']:.2f} s "
+                f"-> epoch / that = {r['epoch_over_onednn_floor']:.2f}"] if r.get("onednn_floor_s") else []),
              f"floor of the same epoch done the plain way ({r['plain_tflop_per_epoch']:.2f} TFLOP: item-wide reverse "
              f"loop, a log-sum-exp per draw): {r['plain_floor_s']:.2f} s -> epoch / that = {r['epoch_over_plain_floor']:.2f}"]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from diffmm.bench import epoch_flops, matmul_rate, run_bench
+from diffmm.bench import epoch_flops, format_table, matmul_rate, onednn_rate_or_none, run_bench
 from diffmm.config import DiffMMConfig, TrainConfig
 from diffmm.data.sampling import NegativeSampler
 from diffmm.data.synthetic import make_synthetic
@@ -99,6 +99,16 @@ def test_plain_epoch_flops_by_hand(data):
 def test_matmul_rate_is_positive_and_finite():
     rate = matmul_rate(torch.float32, n=128, repeats=3)
     assert 1e6 < rate < 1e15
+    onednn = onednn_rate_or_none(n=128)  # None only where torch has no oneDNN
+    assert onednn is None or 1e6 < onednn < 1e15
+
+
+def test_onednn_probe_multiplies_what_the_torch_probe_does():
+    """The oneDNN probe's product is a @ b^T: checked against torch's, so its rate is for the same work."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+    a, b = torch.randn(64, 48), torch.randn(32, 48)
+    torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(a, b.to_mkldnn(), None, "none", [], ""), a @ b.T)
 
 
 def test_run_bench_report(data):
@@ -111,6 +121,11 @@ def test_run_bench_report(data):
     before, after = result["gflops_before_after"]["fp32"]
     assert result["gflops_fp32"] == pytest.approx((before + after) / 2)
     assert result["epoch_over_floor"] == pytest.approx(result["epoch_s"] / result["floor_s"])
+    if result["gflops_fp32_onednn"] is not None:  # the same work at oneDNN's rate, the mean of its two probes
+        assert result["gflops_fp32_onednn"] == pytest.approx(sum(result["gflops_before_after"]["fp32_onednn"]) / 2)
+        assert result["onednn_floor_s"] == pytest.approx(result["tflop_per_epoch"] * 1e3 / result["gflops_fp32_onednn"])
+        assert result["epoch_over_onednn_floor"] == pytest.approx(result["epoch_s"] / result["onednn_floor_s"])
+        assert "floor at oneDNN's fp32 rate" in format_table(result)
     assert result["peak_rss_mb"] > 0 and 0 <= result["valid_recall20"] <= 1
     assert result["first_epoch_s"] == pytest.approx(result["epoch_s"]) and result["timed_epochs"] == 1  # one epoch
     for phase in ("generator_train", "graph_generation", "recommender", "evaluation"):  # each phase's own rate
