@@ -4,8 +4,8 @@ In one run it (1) measures the matmul rate of this machine in float32 and bfloat
 oneDNN's float32 products, which torch bundles besides MKL), (2) counts
 the floating-point work of one epoch from the data sizes and the config, (3) trains a few epochs
 timing each phase (generator training, graph generation, recommender training, evaluation),
-and (4) records peak memory. ``floor_s`` = FLOPs / matmul rate at the chosen precision (mean of the rates measured before and
-after training, in a child process: the machine may be shared).
+and (4) records peak memory. ``floor_s`` = FLOPs / matmul rate at the chosen precision (the median of the rates
+measured before training and after each epoch, each in a child process: the machine may be shared).
 The last line printed is JSON, for scripts.
 
 ``--sweep`` measures what a sweep of many runs gets from the machine instead: for every way of
@@ -195,7 +195,7 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     buffers (on CUDA: loads kernels, creates handles), one-time costs of a run; it is reported on its own
     (``first_epoch_s``). ``probe=False`` skips the matmul-rate probes (and the floor)."""
     from diffmm.models import build_model
-    from diffmm.train import Trainer
+    from diffmm.train import Callback, Trainer
     from diffmm.utils import resolve_device
 
     device = str(resolve_device(train.device))
@@ -206,10 +206,15 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
         extra = ("fp32_onednn",) if device == "cpu" else ()
         return matmul_rates_in_child(device, torch.get_num_threads(), tuple(dict.fromkeys(("fp32", precision, *extra))))
 
-    before = rates_now()
+    class ProbeAfterEachEpoch(Callback):  # outside the timed phases: after the epoch's evaluation
+        def on_epoch_end(self, trainer, record):
+            probes.append(rates_now())
+
+    probes = [rates_now()]
     flops = epoch_flops(dataset, cfg, train)
     model = build_model("diffmm", dataset, cfg.replace(precision=precision), seed=train.seed)
-    trainer = Trainer(model, dataset, train.replace(epochs=epochs, eval_every=1, patience=0, progress=False))
+    trainer = Trainer(model, dataset, train.replace(epochs=epochs, eval_every=1, patience=0, progress=False),
+                      callbacks=[ProbeAfterEachEpoch()])
     result = trainer.fit()
     h = result.history
     phases = {"generator_train_s": "generator_train_s", "graph_generation_s": "graph_rebuild_s",
@@ -224,14 +229,15 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
     out["run_epoch_s"] = float(timed[list(phases.values())].sum(axis=1).median())  # a run's epoch: both evaluations
     out["evaluation_s"] /= 2  # the trainer evaluates valid and test; one full-ranking pass is half
     epoch_s = out["generator_train_s"] + out["graph_generation_s"] + out["recommender_s"] + out["evaluation_s"]
-    # a shared machine's speed drifts: the floor uses the mean of the rates measured before and after
-    after = rates_now()
-    rates = {k: (before[k] + after[k]) / 2 for k in before if k in after}
+    # a shared machine's speed drifts within minutes (2026-12-03: 174 then 111 GFLOP/s around one bench's
+    # epochs): the floor uses the median of the rates probed before training and after every epoch
+    series = {k: [p[k] for p in probes if k in p] for k in probes[0]}
+    rates = {k: statistics.median(v) for k, v in series.items()}
     rate = rates[precision]
     out.update(epoch_s=epoch_s, floor_s=flops.total / rate, tflop_per_epoch=flops.total / 1e12,
                gflops_fp32=rates["fp32"] / 1e9, gflops_bf16=rates["bf16"] / 1e9 if "bf16" in rates else None,
                precision=precision,
-               gflops_before_after={k: [before[k] / 1e9, after[k] / 1e9] for k in rates},
+               gflops_probes={k: [x / 1e9 for x in v] for k, v in series.items()},
                peak_rss_mb=memory.peak_rss_mib(),  # since training started (Trainer.fit)
                threads=torch.get_num_threads(), device=device,
                valid_recall20=float(h["valid_recall@20"].iloc[-1]), epochs=epochs,
@@ -255,9 +261,9 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
 
 def format_table(r: dict) -> str:
     f = r["flops"]
-    ba = r["gflops_before_after"]
-    probes = ", ".join(f"{k} {v[0]:.0f}/{v[1]:.0f}" for k, v in ba.items())
-    lines = [f"matmul rate ({r['threads']} threads, {r['device']}; GFLOP/s before/after the epoch): {probes}",
+    probes = ", ".join(f"{k} {'/'.join(f'{x:.0f}' for x in v)}" for k, v in r["gflops_probes"].items())
+    lines = [f"matmul rate ({r['threads']} threads, {r['device']}; GFLOP/s before training and after each epoch; "
+             f"the floor takes the median): {probes}",
              f"{'phase':<20}{'time s':>10}{'TFLOP':>10}{'GFLOP/s':>10}{'x floor':>10}",
              *(f"{label:<20}{r[f'{k}_s']:>10.2f}{f[k]:>10.3f}{r['phase_gflops'][k] or 0:>10.0f}"
                f"{r['phase_over_floor'][k] or 0:>10.2f}" for k, label in PHASES.items()),
