@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -288,6 +286,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="benches to run one after another, each in its own process; prints their medians (default 1)")
     p.add_argument("--sweep", action="store_true",
                    help="runs per hour for each number of concurrent runs (CPU: each split of the cores; "
                         "GPU: runs sharing it)")
@@ -298,43 +298,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_cmd)
 
 
-GPU_RUNS = (1, 4, 8, 16)  # concurrent runs sharing one GPU that --sweep tries by default
-
-
-def sweep_layouts(cores: int, runs: Sequence[int] = ()) -> list[tuple[int, int]]:
-    """(concurrent runs, threads each): ``runs`` with the cores shared among them (at least 1 thread each),
-    or by default every split of ``cores`` into equal shares."""
-    if runs:
-        return [(jobs, max(1, cores // jobs)) for jobs in runs]
-    return [(jobs, cores // jobs) for jobs in range(1, cores + 1) if cores % jobs == 0]
-
-
-def run_sweep_bench(data: str, preset: str, epochs: int, run_epochs: int, cores: int | None = None,
-                    device: str = "cpu", runs: Sequence[int] = ()) -> list[dict]:
-    """For each layout of :func:`sweep_layouts`, ``jobs`` child processes bench ``epochs`` DiffMM epochs at
-    once on ``device`` (``threads`` each, no probes; on a GPU they share it); runs/hour = 3600 jobs /
-    (median child epoch x ``run_epochs``). ``runs`` defaults to :data:`GPU_RUNS` on a GPU."""
-    cores = cores or os.cpu_count() or 1
-    runs = tuple(runs) or (GPU_RUNS if device.startswith("cuda") else ())
-    rows = []
-    for jobs, threads in sweep_layouts(cores, runs):
-        command = [sys.executable, "-m", "diffmm", "bench", "--data", data, "--preset", preset, "--epochs",
-                   str(epochs), "--threads", str(threads), "--device", device, "--no-probe"]
-        children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
-        outputs = [child.communicate()[0] for child in children]
-        if any(child.returncode for child in children):
-            raise RuntimeError(f"bench --sweep: a child failed ({' '.join(command)})")
-        epochs_s = [json.loads(out.strip().splitlines()[-1])["run_epoch_s"] for out in outputs]
-        epoch_s = statistics.median(epochs_s)
-        rows.append({"device": device, "jobs": jobs, "threads": threads, "epoch_s": epoch_s, "epochs_s": epochs_s,
-                     "runs_per_hour": 3600 * jobs / (epoch_s * run_epochs), "run_epochs": run_epochs})
-    best = max(r["runs_per_hour"] for r in rows)
-    for r in rows:
-        r["relative"] = r["runs_per_hour"] / best
-    return rows
-
-
 def _cmd(args, extra) -> int:
+    from diffmm.bench_runs import format_repeated, run_repeated_bench, run_sweep_bench
     from diffmm.data import registry as datasets
     from diffmm.utils import resolve_device
 
@@ -347,6 +312,13 @@ def _cmd(args, extra) -> int:
                   f"each -> {r['runs_per_hour']:.2f} runs/hour of {r['run_epochs']} epochs "
                   f"({r['relative']:.2f}x the best)")
         print(json.dumps({"sweep": rows}))
+        return 0
+    if args.repeat > 1 and not args.no_probe:
+        bench_args = ["--data", args.data, "--preset", args.preset, "--epochs", str(args.epochs), "--precision",
+                      args.precision, "--threads", str(args.threads), "--device", args.device]
+        result = run_repeated_bench(bench_args, args.repeat)
+        print(format_repeated(result, PHASES))
+        print(json.dumps(result))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

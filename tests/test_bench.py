@@ -160,7 +160,7 @@ def test_fused_adam_takes_the_same_step_as_plain_adam(data):
 
 
 def test_sweep_layouts_split_the_cores_evenly():
-    from diffmm.bench import sweep_layouts
+    from diffmm.bench_runs import sweep_layouts
 
     assert sweep_layouts(2) == [(1, 2), (2, 1)]
     assert sweep_layouts(6) == [(1, 6), (2, 3), (3, 2), (6, 1)]
@@ -169,7 +169,7 @@ def test_sweep_layouts_split_the_cores_evenly():
 
 @pytest.mark.slow
 def test_sweep_bench_reports_runs_per_hour_from_concurrent_children():
-    from diffmm.bench import run_sweep_bench
+    from diffmm.bench_runs import run_sweep_bench
 
     rows = run_sweep_bench("synthetic-small", "tiktok", epochs=1, run_epochs=50, cores=2)
     assert [(r["jobs"], r["threads"]) for r in rows] == [(1, 2), (2, 1)]
@@ -177,6 +177,18 @@ def test_sweep_bench_reports_runs_per_hour_from_concurrent_children():
         assert len(r["epochs_s"]) == r["jobs"] and all(s > 0 for s in r["epochs_s"])
         assert r["runs_per_hour"] == pytest.approx(3600 * r["jobs"] / (r["epoch_s"] * 50))
     assert max(r["relative"] for r in rows) == 1.0
+
+
+def test_repeated_bench_reports_the_medians_of_child_benches():
+    from diffmm.bench_runs import format_repeated, run_repeated_bench
+
+    result = run_repeated_bench(["--data", "synthetic-small", "--epochs", "1", "--threads", "1"], 3, echo=False)
+    benches, median = result["benches"], result["median"]
+    assert result["repeat"] == len(benches) == 3
+    for key in ("epoch_s", "epoch_over_floor", "recommender_s"):
+        assert median[key] == sorted(b[key] for b in benches)[1]
+    assert median["peak_rss_mb"] == max(b["peak_rss_mb"] for b in benches)
+    assert "median of 3 benches" in format_repeated(result)
 
 
 def test_gpu_session_script_measures_trains_and_packs_new_records(tmp_path):
