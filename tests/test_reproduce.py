@@ -189,6 +189,14 @@ def test_two_worker_processes(tmp_path, monkeypatch):
     assert all(r["code"] == sweep_code for r in records.values())
 
 
+def test_records_name_the_random_stream_of_the_code():
+    """A record says which random stream trained it: only code of that stream reproduces it draw for draw."""
+    import diffmm
+    from diffmm.experiments.store import code_version
+
+    assert code_version()["random_stream"] == diffmm.RANDOM_STREAM >= 2  # 2: the 16-bit dropout draws
+
+
 def test_runs_train_in_worker_processes_not_in_the_sweeps(tmp_path, monkeypatch):
     """Without callbacks, each run trains in a fresh worker: nothing the sweep's process holds (its store,
     its figures, a patched function here) reaches a run, and the worker writes the record itself."""

@@ -74,11 +74,13 @@ def record_path(root: str | Path, dataset: str, config: RunConfig) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
-    """The package version and, when running from a git checkout, its commit (and whether ``diffmm/`` had
-    changes). Read once per process (the first call, before a sweep trains): the code that runs."""
+    """The package version, its random stream (``diffmm.RANDOM_STREAM``) and, when running from a git checkout,
+    its commit (and whether ``diffmm/`` had changes). Read once per process (the first call, before a sweep
+    trains): the code that runs."""
     import diffmm
 
-    version = {"version": getattr(diffmm, "__version__", "unknown"), "commit": None, "dirty": None}
+    version = {"version": getattr(diffmm, "__version__", "unknown"), "random_stream": diffmm.RANDOM_STREAM,
+               "commit": None, "dirty": None}
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
