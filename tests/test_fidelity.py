@@ -19,8 +19,8 @@ STORE = Path(__file__).resolve().parents[1] / "figures" / "results"
 EPOCHS = 3
 COLUMNS = ("valid_recall@20", "valid_ndcg@20", "test_recall@20", "test_ndcg@20")
 # The reference run's first epochs under this code's random stream, for when its stored record is of an earlier
-# stream (draw for draw the same only within a stream). Pinned with 3aa97d4 (stream 2), the same numbers as
-# 964262a (2026-12-03, AMD EPYC, 1 thread); re-pin, and say why in the commit, when the stream changes on purpose.
+# stream (draw for draw the same only within a stream). Pinned with 3aa97d4 (stream 2; 964262a gave the same
+# validation Recall@20; 2026-12-03, AMD EPYC, 1 thread); re-pin, and say why in the commit, when the stream changes.
 PINNED = {"record": "044e8e4ee6e9", "random_stream": 2, "history": {
     "valid_recall@20": [0.04260898066, 0.05375286791, 0.06456899377],
     "valid_ndcg@20": [0.02310705919, 0.02858764927, 0.03044499923],
