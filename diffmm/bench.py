@@ -242,7 +242,7 @@ def run_bench(dataset: RecDataset, cfg: DiffMMConfig, train: TrainConfig, epochs
                flops={k: v / 1e12 for k, v in vars(flops).items()})
     out["epoch_over_floor"] = out["epoch_s"] / out["floor_s"]
     # the same work at oneDNN's float32 rate, where the CPU runs it faster than torch's products (MKL): the
-    # headroom a move of the products to oneDNN would have (AMD EPYC, 2026-12-03: ~1.5x)
+    # headroom a move of the products to oneDNN would have (AMD EPYC, 2026-12-03: 1.1-1.4x)
     onednn = rates.get("fp32_onednn") if precision == "fp32" else None
     out["gflops_fp32_onednn"] = onednn / 1e9 if onednn else None
     out["onednn_floor_s"] = flops.total / onednn if onednn else None
