@@ -115,9 +115,16 @@ class Adjacency:
         matrix = sp.csr_matrix(matrix, dtype=np.float32)
         self.shape = matrix.shape
         self.nnz = matrix.nnz
-        self.scipy = matrix
         self.matrix = _torch_csr(matrix, device)
         self.transposed = self.matrix if symmetric else _torch_csr(matrix.T.tocsr(), device)
+
+    @property
+    def T(self) -> Adjacency:
+        """The transpose, sharing this matrix's two stored layouts."""
+        out = object.__new__(Adjacency)
+        out.shape, out.nnz = self.shape[::-1], self.nnz
+        out.matrix, out.transposed = self.transposed, self.matrix
+        return out
 
     def __matmul__(self, dense: torch.Tensor) -> torch.Tensor:
         if dense.requires_grad:

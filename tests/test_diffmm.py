@@ -322,7 +322,7 @@ def test_encode_matches_dense_eq20_to_eq23(tiny, projection):
     np.testing.assert_allclose(np64(users), expected[:U], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np64(items), expected[U:], rtol=1e-4, atol=1e-5)
     # contrastive views (Eq. 16-17): sum_l A^l (A^m [E^u ; Norm(e_m^i)])
-    views = model.contrastive_views(model.modal_inputs())
+    views = model.contrastive_views(model.normalized_features())
     for m in model.modalities:
         z = model._generated_scipy[m].toarray() @ np.concatenate([eu, normalize_rows(feats[m])])
         want = z + a @ z + a @ (a @ z)
@@ -344,7 +344,7 @@ def test_loss_is_eq26(tiny):
     assert float(losses["bpr"]) == pytest.approx(bpr, rel=1e-5)
     assert float(losses["l2"]) == pytest.approx(reg, rel=1e-5)
     # Eq. 19 (main view as anchor): users with users, items with items, per modality
-    views = {m: np64(v) for m, v in model.contrastive_views(model.modal_inputs()).items()}
+    views = {m: np64(v) for m, v in model.contrastive_views(model.normalized_features()).items()}
 
     def nce(a, o, nodes):
         a, o = normalize_rows(a), normalize_rows(o)

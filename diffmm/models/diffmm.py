@@ -121,36 +121,53 @@ class DiffMM(Recommender):
             out[m] = F.leaky_relu(h, 0.2) if self.config.projection == "leaky" else h
         return out
 
-    def modal_inputs(self) -> dict[str, torch.Tensor]:
-        """[E^u ; Norm(Trans(f^m))] per modality, (N, d) each: the input that Eq. 16 and Eq. 20 propagate."""
-        features = self.modal_features()
-        return {m: torch.cat([self.user_embedding, l2_normalize(features[m])]) for m in self.modalities}
+    def normalized_features(self) -> dict[str, torch.Tensor]:
+        """Norm(Trans(f^m)) per modality, (I, d) each: the item rows of Eq. 16's and Eq. 20's inputs."""
+        return {m: l2_normalize(f) for m, f in self.modal_features().items()}
 
     def modality_weights(self) -> dict[str, float]:
         """softmax(kappa) of Eq. 21, per modality."""
         return dict(zip(self.modalities, torch.softmax(self.modality_logits, 0).tolist()))
 
+    @property
+    def graph_blocks(self) -> tuple[Adjacency, torch.Tensor, torch.Tensor]:
+        """A's blocks, A = [[diag(s_u), R], [R^T, diag(s_i)]]: the normalised (U, I) interactions R and the
+        self-loops' weights s_u (U,) and s_i (I,)."""
+        def build(device):
+            U, a = self.n_users, self._graph_scipy
+            loops = torch.from_numpy(a.diagonal().astype(np.float32)).to(device)
+            return Adjacency(a[:U, U:], device), loops[:U], loops[U:]
+
+        return self.on_device("graph-blocks", build)
+
     def _propagate(self, x: torch.Tensor) -> torch.Tensor:
         """sum_{l=0..L} A^l x: Eq. 17 / Eq. 22 sum-pooling over L layers of the interaction graph."""
         return self.graph.power_sum(x, self.config.layers)
 
-    def encode(self, inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, features: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings H~ (Eq. 20-23) as (N, d) with N = U + I; also returns H_0.
 
-        ``inputs``: :meth:`modal_inputs` (computed here when not given).
+        ``features``: :meth:`normalized_features` (computed here when not given).
         """
-        inputs = inputs if inputs is not None else self.modal_inputs()
+        features = features if features is not None else self.normalized_features()
         U, d, M = self.n_users, self.config.dim, len(self.modalities)
-        # Eq. 20, all modalities in one product: stack [E^u ; Norm(e_m^i)] side by side -> (N, M*d).
-        # Users get A e_m^i + A e^i, items A E^u + A (A e_m^i). Intermediates that autograd does not
-        # keep are dropped as soon as they are used: they would otherwise sit on the step's peak memory.
-        first = self.graph @ torch.cat([inputs[m] for m in self.modalities], 1)
-        z = first + self.graph @ torch.cat([first[:U], self.item_embedding.repeat(1, M)])
-        del first
-        ids = torch.cat([self.user_embedding, self.item_embedding])  # (N, d)
-        generated = torch.cat([self.generated_adjacency(m) @ ids for m in self.modalities], 1)  # (N, M*d)
+        e_u, e_i = self.user_embedding, self.item_embedding
+        # Eq. 20's two A-terms per block of A, all modalities side by side (n: Norm(e_m^i), (I, M, d)):
+        #   users  A [E^u; n] + A [(A [E^u; n])_u; e^i] = (1 + s_u) f + R e^i,   f = s_u E^u + R n
+        #   items  A [E^u; n] + A [(A [E^u; n])_u; e^i] = R^T (E^u + f) + s_i (n + e^i)
+        # three products with R (M d, d and M d columns): 0.55x the nonzeros x columns of two with A (TikTok)
+        r, loops_u, loops_i = self.graph_blocks
+        n = torch.cat([features[m] for m in self.modalities], 1).view(-1, M, d)
+        f = (r @ n.view(-1, M * d)).view(U, M, d) + (loops_u[:, None] * e_u)[:, None]
+        users = f * (1 + loops_u)[:, None, None] + (r @ e_i)[:, None]
+        items = (r.T @ (f + e_u[:, None]).view(U, M * d)).view(-1, M, d) + loops_i[:, None, None] * (n + e_i[:, None])
+        del f, n
+        z = torch.cat([users, items])  # (N, M, d)
+        del users, items
+        ids = torch.cat([e_u, e_i])  # (N, d)
+        generated = torch.stack([self.generated_adjacency(m) @ ids for m in self.modalities], 1)  # (N, M, d)
         del ids
-        z = z.add_(generated, alpha=self.config.generated_graph_weight).view(-1, M, d)  # Eq. 20, the A^m term
+        z = z.add_(generated, alpha=self.config.generated_graph_weight)  # Eq. 20, the A^m term
         del generated
         weights = torch.softmax(self.modality_logits, 0)  # Eq. 21
         h0 = (weights[None, :, None] * z).sum(1)  # (N, d)
@@ -161,9 +178,10 @@ class DiffMM(Recommender):
         h, _ = self.encode()
         return h[: self.n_users], h[self.n_users:]
 
-    def contrastive_views(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Z~^m (N, d) per modality from :meth:`modal_inputs`: Eq. 16 on the view graph, then Eq. 17 on A."""
-        first = torch.cat([self.view_adjacency(m) @ inputs[m] for m in self.modalities], 1)  # Eq. 16
+    def contrastive_views(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Z~^m (N, d) per modality from :meth:`normalized_features`: Eq. 16 on the view graph, then Eq. 17 on A."""
+        first = torch.cat([self.view_adjacency(m) @ torch.cat([self.user_embedding, features[m]])
+                           for m in self.modalities], 1)  # Eq. 16
         z = self._propagate(first)  # Eq. 17, all modalities at once
         return dict(zip(self.modalities, z.split(self.config.dim, 1)))
 
@@ -172,12 +190,12 @@ class DiffMM(Recommender):
         """Eq. 26: L_bpr + lambda1 L_cl + lambda2 ||Theta||^2, for a batch of BPR triples."""
         cfg = self.config
         use_cl = cfg.cl_weight and (cfg.cl_anchor == "main" or len(self.modalities) > 1)
-        # [E^u; Norm(e_m^i)] once for both views; only the contrastive terms that are used are computed
+        # Norm(Trans(f^m)) once for both views; only the contrastive terms that are used are computed
         # (with one modality, Eq. 18 has no pair)
-        inputs = self.modal_inputs()
-        views = self.contrastive_views(inputs) if use_cl else None
-        h, _ = self.encode(inputs)
-        del inputs  # the backward pass does not need them: freed before the losses are formed
+        features = self.normalized_features()
+        views = self.contrastive_views(features) if use_cl else None
+        h, _ = self.encode(features)
+        del features  # the backward pass does not need them: freed before the losses are formed
         # one gather for the three (one full-size gradient in the backward, not three)
         u, i, j = h[torch.cat([users, self.n_users + positives, self.n_users + negatives])].split(len(users))
         rec = bpr((u * i).sum(-1), (u * j).sum(-1))  # Eq. 25
