@@ -135,7 +135,10 @@ class DiffMM(Recommender):
         self-loops' weights s_u (U,) and s_i (I,)."""
         def build(device):
             U, a = self.n_users, self._graph_scipy
-            loops = torch.from_numpy(a.diagonal().astype(np.float32)).to(device)
+            diagonal = a.diagonal()
+            if a[:U, :U].nnz + a[U:, U:].nnz != np.count_nonzero(diagonal):  # Eq. 20's blocks assume it
+                raise RuntimeError("the interaction graph links users with users or items with items")
+            loops = torch.from_numpy(diagonal.astype(np.float32)).to(device)
             return Adjacency(a[:U, U:], device), loops[:U], loops[U:]
 
         return self.on_device("graph-blocks", build)
