@@ -9,6 +9,7 @@ Read top to bottom: per-modality feature alignment (Eq. 15), the generated graph
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 
 import numpy as np
@@ -28,6 +29,11 @@ from diffmm.graph import (Adjacency, SparseRows, bipartite, csr_from_tensors, cs
 from diffmm.models.base import Recommender, adam, bpr
 from diffmm.models.generators import DiffusionGenerator, GeneratorContext, VGAEGenerator
 from diffmm import memory
+
+
+def _mix(weights: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """sum_m w_m x_m."""
+    return functools.reduce(torch.add, (w * x for w, x in zip(weights, tensors)))
 
 
 class DiffMM(Recommender):
@@ -153,27 +159,25 @@ class DiffMM(Recommender):
         ``features``: :meth:`normalized_features` (computed here when not given).
         """
         features = features if features is not None else self.normalized_features()
-        U, d, M = self.n_users, self.config.dim, len(self.modalities)
-        e_u, e_i = self.user_embedding, self.item_embedding
-        # Eq. 20's two A-terms per block of A, all modalities side by side (n: Norm(e_m^i), (I, M, d)):
-        #   users  A [E^u; n] + A [(A [E^u; n])_u; e^i] = (1 + s_u) f + R e^i,   f = s_u E^u + R n
-        #   items  A [E^u; n] + A [(A [E^u; n])_u; e^i] = R^T (E^u + f) + s_i (n + e^i)
-        # three products with R (M d, d and M d columns): 0.55x the nonzeros x columns of two with A (TikTok)
+        d, e_u, e_i = self.config.dim, self.user_embedding, self.item_embedding
+        # Eq. 20 is affine in the item features, with the same E^u and e^i terms for every modality, and
+        # Eq. 21's weights sum to one (a softmax): sum_m w_m z^m is Eq. 20's A-terms taken once, on the mixed
+        # features n = sum_m w_m Norm(e_m^i), plus the mixed A^m terms. Per block of A = [[diag(s_u), R], [R^T,
+        # diag(s_i)]]:
+        #   users  A [E^u; n] + A [(A [E^u; n])_u; e^i] = (1 + s_u) (s_u E^u + R n) + R e^i
+        #   items  A [E^u; n] + A [(A [E^u; n])_u; e^i] = R^T ((1 + s_u) E^u + R n) + s_i (n + e^i)
         r, loops_u, loops_i = self.graph_blocks
-        n = torch.cat([features[m] for m in self.modalities], 1).view(-1, M, d)
-        f = (r @ n.view(-1, M * d)).view(U, M, d) + (loops_u[:, None] * e_u)[:, None]
-        users = f * (1 + loops_u)[:, None, None] + (r @ e_i)[:, None]
-        items = (r.T @ (f + e_u[:, None]).view(U, M * d)).view(-1, M, d) + loops_i[:, None, None] * (n + e_i[:, None])
-        del f, n
-        z = torch.cat([users, items])  # (N, M, d)
-        del users, items
-        ids = torch.cat([e_u, e_i])  # (N, d)
-        generated = torch.stack([self.generated_adjacency(m) @ ids for m in self.modalities], 1)  # (N, M, d)
-        del ids
-        z = z.add_(generated, alpha=self.config.generated_graph_weight)  # Eq. 20, the A^m term
-        del generated
         weights = torch.softmax(self.modality_logits, 0)  # Eq. 21
-        h0 = (weights[None, :, None] * z).sum(1)  # (N, d)
+        n = _mix(weights, [features[m] for m in self.modalities])  # (I, d)
+        rn, re = (r @ torch.cat([n, e_i], 1)).split(d, 1)  # R n and R e^i, (U, d) each
+        scale = (1 + loops_u)[:, None]
+        users = (loops_u[:, None] * e_u + rn) * scale + re
+        items = r.T @ (e_u * scale + rn) + loops_i[:, None] * (n + e_i)
+        del rn, re, n
+        ids = torch.cat([e_u, e_i])  # (N, d)
+        generated = _mix(weights, [self.generated_adjacency(m) @ ids for m in self.modalities])
+        h0 = torch.cat([users, items]).add_(generated, alpha=self.config.generated_graph_weight)  # Eq. 20-21
+        del users, items, generated
         h = self._propagate(h0) + self.config.omega * l2_normalize(h0)  # Eq. 22-23
         return h, h0
 
