@@ -169,11 +169,11 @@ class DiffMM(Recommender):
         r, loops_u, loops_i = self.graph_blocks
         weights = torch.softmax(self.modality_logits, 0)  # Eq. 21
         n = _mix(weights, [features[m] for m in self.modalities])  # (I, d)
-        rn, re = (r @ torch.cat([n, e_i], 1)).split(d, 1)  # R n and R e^i, (U, d) each
+        rn, rei = (r @ torch.cat([n, e_i], 1)).split(d, 1)  # R n and R e^i, (U, d) each
         scale = (1 + loops_u)[:, None]
-        users = (loops_u[:, None] * e_u + rn) * scale + re
+        users = (loops_u[:, None] * e_u + rn) * scale + rei
         items = r.T @ (e_u * scale + rn) + loops_i[:, None] * (n + e_i)
-        del rn, re, n
+        del rn, rei, n
         ids = torch.cat([e_u, e_i])  # (N, d)
         generated = _mix(weights, [self.generated_adjacency(m) @ ids for m in self.modalities])
         h0 = torch.cat([users, items]).add_(generated, alpha=self.config.generated_graph_weight)  # Eq. 20-21
